@@ -1,0 +1,69 @@
+"""Sources and compiler flags of the two extensions, in one place.
+
+setup.py builds them ahead of time; from a checkout without a built ``_C``, each package's
+``__init__`` calls :func:`jit_load` instead. Kernel ``.cu`` files include no torch headers,
+so they compile in seconds; only the binding ``.cpp`` of each namespace sees torch.
+"""
+
+import glob
+import os
+import shutil
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def cuda_enabled():
+    """CUDA sources are built when nvcc is found or FORCE_CUDA=1; no GPU is ever probed."""
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return CUDA_HOME is not None and shutil.which(os.path.join(CUDA_HOME, "bin", "nvcc")) is not None
+
+
+def default_arch_list():
+    """TORCH_CUDA_ARCH_LIST as given, else 9.0 (the H200), which torch would otherwise guess."""
+    return os.environ.get("TORCH_CUDA_ARCH_LIST") or "9.0"
+
+
+def sources(name, with_cuda):
+    """Every .cpp of csrc/<name> (bindings, CPU kernels) and, with CUDA, every .cu."""
+    base = os.path.join(ROOT, name)
+    files = sorted(glob.glob(os.path.join(base, "*.cpp")) + glob.glob(os.path.join(base, "cpu", "*.cpp")))
+    if with_cuda:
+        files += sorted(glob.glob(os.path.join(base, "cuda", "*.cu")))
+    return files
+
+
+def compile_args(with_cuda, debug=False):
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = opt + ["-fopenmp"]  # torch adds the -std its headers need (C++20 from 2.13 on)
+    nvcc = opt + [
+        "--expt-relaxed-constexpr",
+        "-Xptxas=-warn-spills",
+        "--use_fast_math",
+    ]
+    if with_cuda:
+        cxx.append("-DWITH_CUDA")
+        nvcc.append("-DWITH_CUDA")
+    return {"cxx": cxx, "nvcc": nvcc}
+
+
+def jit_load(name):
+    """Builds csrc/<name> with torch.utils.cpp_extension.load and loads it as a plain library
+    (the op registrations are what matter, not a Python module)."""
+    from torch.utils.cpp_extension import load
+
+    with_cuda = cuda_enabled()
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", default_arch_list())
+    args = compile_args(with_cuda, debug=os.environ.get("DEBUG", "0") == "1")
+    load(
+        name=f"{name}_jit",
+        sources=sources(name, with_cuda),
+        extra_cflags=args["cxx"],
+        extra_cuda_cflags=args["nvcc"],
+        extra_ldflags=["-fopenmp"],
+        is_python_module=False,
+        verbose=os.environ.get("VERBOSE", "0") == "1",
+    )

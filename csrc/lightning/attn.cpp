@@ -1,0 +1,420 @@
+// The one schema site of namespace `lightning`, and its bindings: check the tensors, make
+// the outputs, fill a torch-free Params struct and hand it to the CPU or CUDA kernels.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "../common/torch_utils.h"
+#include "attn_params.h"
+#include "cpu/attn_cpu.h"
+
+#ifdef WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraphsUtils.cuh>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/attn_launch.h"
+#endif
+
+namespace lightning {
+namespace {
+
+using at::Tensor;
+using std::optional;
+using namespace torch_utils;
+
+constexpr int kMaxHeadDim = 256;
+
+DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return DType::kFloat64;
+    case at::kFloat: return DType::kFloat32;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: TORCH_CHECK(false, "lightning: unsupported dtype ", t);
+  }
+}
+
+Strides strides_of(const Tensor& t) {  // t is (B, H, N, X)
+  return {stride_or_zero(t, 0), stride_or_zero(t, 1), stride_or_zero(t, 2)};
+}
+
+// Host-side values are needed to validate a CUDA tensor; reading them synchronises, which
+// a CUDA graph being captured cannot do, so graphs skip the value checks (shapes are still
+// checked).
+bool can_read_values(const Tensor& t) {
+#ifdef WITH_CUDA
+  if (t.is_cuda()) return at::cuda::currentStreamCaptureStatus() == at::cuda::CaptureStatus::None;
+#endif
+  return true;
+}
+
+void check_head_dim(int64_t dim, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(dim >= 16 && dim <= kMaxHeadDim && dim % 16 == 0, op, ": ", name,
+                    " must be a multiple of 16 in [16, ", kMaxHeadDim, "], got ", dim);
+}
+
+void check_slope(const optional<Tensor>& slope, const Tensor& q, int64_t heads, const char* op) {
+  if (!slope) return;
+  check_same_device(q, *slope, op, "q", "slope");
+  TORCH_CHECK_VALUE(slope->dim() == 1 && slope->size(0) == heads, op,
+                    ": slope must have shape (H,) = (", heads, ",), got ", slope->sizes());
+  check_dtype(*slope, at::kFloat, op, "slope");
+  if (can_read_values(*slope))
+    TORCH_CHECK_VALUE(slope->ge(0).all().item<bool>(), op,
+                      ": slope must be >= 0 (and not NaN) for every head");
+}
+
+void check_state(const Tensor& state, const Tensor& q, int64_t seqs, int64_t heads,
+                 int64_t d, int64_t e, const char* op, const char* name) {
+  check_same_device(q, state, op, "q", name);
+  check_dtype(state, at::kFloat, op, name);
+  TORCH_CHECK_VALUE(state.dim() == 4 && state.size(0) == seqs && state.size(1) == heads &&
+                        state.size(2) == d && state.size(3) == e,
+                    op, ": ", name, " must have shape (", seqs, ", ", heads, ", ", d, ", ", e,
+                    ") (one fp32 state per sequence and head), got ", state.sizes());
+}
+
+// Validates cu_seqlens and returns it as contiguous int64 on q's device.
+Tensor checked_cu_seqlens(const Tensor& cu, const Tensor& q, const char* op) {
+  check_same_device(q, cu, op, "q", "cu_seqlens");
+  TORCH_CHECK_VALUE(cu.dim() == 1 && cu.size(0) >= 2, op,
+                    ": cu_seqlens must be 1-D with at least 2 entries, got shape ", cu.sizes());
+  TORCH_CHECK_VALUE(cu.scalar_type() == at::kInt || cu.scalar_type() == at::kLong, op,
+                    ": cu_seqlens must be int32 or int64, got ", cu.scalar_type());
+  TORCH_CHECK_VALUE(q.size(0) == 1, op, ": cu_seqlens needs batch size 1 (sequences packed ",
+                    "along N), got B = ", q.size(0));
+  Tensor offsets = cu.to(at::kLong).contiguous();
+  if (can_read_values(offsets)) {
+    Tensor host = offsets.cpu();
+    const int64_t* c = host.data_ptr<int64_t>();
+    const int64_t n = host.size(0);
+    TORCH_CHECK_VALUE(c[0] == 0 && c[n - 1] == q.size(2), op,
+                      ": cu_seqlens must start at 0 and end at N = ", q.size(2), ", got ", c[0],
+                      " and ", c[n - 1]);
+    for (int64_t i = 1; i < n; ++i)
+      TORCH_CHECK_VALUE(c[i] >= c[i - 1], op, ": cu_seqlens must be non-decreasing, but entry ",
+                        i, " (", c[i], ") < entry ", i - 1, " (", c[i - 1], ")");
+  }
+  return offsets;
+}
+
+// Everything attn and attn_backward share: validated inputs and the forward Params.
+struct AttnInputs {
+  Tensor q, k, v, slope, initial_state, cu_seqlens;
+  int64_t num_seqs;
+  AttnParams params;
+};
+
+AttnInputs check_attn_inputs(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                             const optional<Tensor>& slope, const optional<Tensor>& initial_state,
+                             const optional<Tensor>& cu_seqlens, double scale, const char* op) {
+  check_rank(q_in, 4, op, "q");
+  check_rank(k_in, 4, op, "k");
+  check_rank(v_in, 4, op, "v");
+  check_same_device(q_in, k_in, op, "q", "k");
+  check_same_device(q_in, v_in, op, "q", "v");
+  check_same_dtype(q_in, k_in, op, "q", "k");
+  check_same_dtype(q_in, v_in, op, "q", "v");
+  TORCH_CHECK(q_in.is_cpu() || q_in.is_cuda(), op, ": q must be a CPU or CUDA tensor, got ",
+              q_in.device());
+  const auto dt = q_in.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 ||
+                  (dt == at::kDouble && q_in.is_cpu()),
+              op, ": q must be float32, float16 or bfloat16 (float64 on CPU), got ", dt);
+  TORCH_CHECK_VALUE(k_in.sizes() == q_in.sizes(), op, ": k must have the shape of q ",
+                    q_in.sizes(), ", got ", k_in.sizes());
+  TORCH_CHECK_VALUE(v_in.size(0) == q_in.size(0) && v_in.size(1) == q_in.size(1) &&
+                        v_in.size(2) == q_in.size(2),
+                    op, ": v must be (B, H, N, E) with (B, H, N) of q = ",
+                    q_in.sizes().slice(0, 3), ", got ", v_in.sizes());
+  TORCH_CHECK_VALUE(q_in.size(2) >= 1, op, ": the sequence length N must be >= 1");
+  const int64_t heads = q_in.size(1), d = q_in.size(3), e = v_in.size(3);
+  check_head_dim(d, op, "the head dim D of q and k");
+  check_head_dim(e, op, "the head dim E of v");
+  check_slope(slope, q_in, heads, op);
+
+  AttnInputs in;
+  in.q = with_aligned_rows(q_in);
+  in.k = with_aligned_rows(k_in);
+  in.v = with_aligned_rows(v_in);
+  in.num_seqs = q_in.size(0);
+  if (cu_seqlens) {
+    in.cu_seqlens = checked_cu_seqlens(*cu_seqlens, q_in, op);
+    in.num_seqs = in.cu_seqlens.size(0) - 1;
+  }
+  if (slope) in.slope = slope->contiguous();
+  if (initial_state) {
+    check_state(*initial_state, q_in, in.num_seqs, heads, d, e, op, "initial_state");
+    in.initial_state = initial_state->contiguous();
+  }
+
+  AttnParams& p = in.params;
+  p.dtype = to_dtype(dt);
+  p.batch = q_in.size(0);
+  p.heads = heads;
+  p.seqlen = q_in.size(2);
+  p.head_dim = d;
+  p.value_dim = e;
+  p.scale = scale;
+  p.q = in.q.data_ptr();
+  p.k = in.k.data_ptr();
+  p.v = in.v.data_ptr();
+  p.q_stride = strides_of(in.q);
+  p.k_stride = strides_of(in.k);
+  p.v_stride = strides_of(in.v);
+  p.slope = slope ? in.slope.data_ptr<float>() : nullptr;
+  p.cu_seqlens = cu_seqlens ? in.cu_seqlens.data_ptr<int64_t>() : nullptr;
+  p.num_seqs = in.num_seqs;
+  p.initial_state = initial_state ? in.initial_state.data_ptr<float>() : nullptr;
+  p.o = nullptr;
+  p.o_stride = {0, 0, 0};
+  p.final_state = nullptr;
+  return in;
+}
+
+// CPU kernels compute in float (or double); half types are widened once here and the
+// results rounded once on the way out.
+Tensor cpu_compute_view(const Tensor& t) {
+  return t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat ? t
+                                                                          : t.to(at::kFloat);
+}
+
+template <typename Kernel>
+void run_cpu(int64_t items, Kernel kernel) {
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) { kernel(begin, end); });
+}
+
+#ifdef WITH_CUDA
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
+}
+#endif
+
+std::tuple<Tensor, Tensor> attn(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const optional<Tensor>& slope,
+                                const optional<Tensor>& initial_state,
+                                const optional<Tensor>& cu_seqlens, bool output_final_state,
+                                double scale) {
+  const char* op = "lightning.attn";
+  AttnInputs in = check_attn_inputs(q, k, v, slope, initial_state, cu_seqlens, scale, op);
+  const int64_t heads = q.size(1), d = q.size(3), e = v.size(3);
+  Tensor o = at::empty_like(v);
+  Tensor final_state = output_final_state
+                           ? at::empty({in.num_seqs, heads, d, e}, q.options().dtype(at::kFloat))
+                           : at::empty({0}, q.options().dtype(at::kFloat));
+  AttnParams p = in.params;
+  p.final_state = output_final_state ? final_state.data_ptr<float>() : nullptr;
+  if (q.numel() == 0 && v.numel() == 0) return {o, final_state};
+
+#ifdef WITH_CUDA
+  if (q.is_cuda()) {
+    c10::cuda::CUDAGuard guard(q.device());
+    p.o = o.data_ptr();
+    p.o_stride = strides_of(o);
+    check_launch(attn_fwd_cuda(p, at::cuda::getCurrentCUDAStream()), op);
+    return {o, final_state};
+  }
+#endif
+  Tensor qc = cpu_compute_view(in.q), kc = cpu_compute_view(in.k), vc = cpu_compute_view(in.v);
+  Tensor oc = o.scalar_type() == qc.scalar_type() ? o : at::empty_like(vc);
+  p.dtype = to_dtype(qc.scalar_type());
+  p.q = qc.data_ptr();
+  p.k = kc.data_ptr();
+  p.v = vc.data_ptr();
+  p.q_stride = strides_of(qc);
+  p.k_stride = strides_of(kc);
+  p.v_stride = strides_of(vc);
+  p.o = oc.data_ptr();
+  p.o_stride = strides_of(oc);
+  run_cpu(in.num_seqs * heads, [&](int64_t b, int64_t e_) { attn_fwd_cpu(p, b, e_); });
+  if (!oc.is_same(o)) o.copy_(oc);
+  return {o, final_state};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> attn_backward(
+    const Tensor& grad_out, const optional<Tensor>& grad_final_state, const Tensor& q,
+    const Tensor& k, const Tensor& v, const optional<Tensor>& slope,
+    const optional<Tensor>& initial_state, const optional<Tensor>& cu_seqlens, double scale) {
+  const char* op = "lightning.attn_backward";
+  AttnInputs in = check_attn_inputs(q, k, v, slope, initial_state, cu_seqlens, scale, op);
+  const int64_t heads = q.size(1), d = q.size(3), e = v.size(3);
+  check_same_device(q, grad_out, op, "q", "grad_out");
+  check_same_dtype(q, grad_out, op, "q", "grad_out");
+  TORCH_CHECK_VALUE(grad_out.sizes() == v.sizes(), op, ": grad_out must have the shape of v ",
+                    v.sizes(), ", got ", grad_out.sizes());
+  Tensor g_final;
+  if (grad_final_state) {
+    check_state(*grad_final_state, q, in.num_seqs, heads, d, e, op, "grad_final_state");
+    g_final = grad_final_state->contiguous();
+  }
+  Tensor gout = with_aligned_rows(grad_out);
+  Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  Tensor d_init = initial_state ? at::empty_like(in.initial_state)
+                                : at::empty({0}, q.options().dtype(at::kFloat));
+
+  AttnBwdParams p;
+  p.fwd = in.params;
+  p.grad_final_state = grad_final_state ? g_final.data_ptr<float>() : nullptr;
+  p.grad_initial_state = initial_state ? d_init.data_ptr<float>() : nullptr;
+
+#ifdef WITH_CUDA
+  if (q.is_cuda()) {
+    c10::cuda::CUDAGuard guard(q.device());
+    p.grad_out = gout.data_ptr();
+    p.grad_out_stride = strides_of(gout);
+    p.dq = dq.data_ptr();
+    p.dk = dk.data_ptr();
+    p.dv = dv.data_ptr();
+    p.dq_stride = strides_of(dq);
+    p.dk_stride = strides_of(dk);
+    p.dv_stride = strides_of(dv);
+    check_launch(attn_bwd_cuda(p, at::cuda::getCurrentCUDAStream()), op);
+    return {dq, dk, dv, d_init};
+  }
+#endif
+  Tensor qc = cpu_compute_view(in.q), kc = cpu_compute_view(in.k), vc = cpu_compute_view(in.v);
+  Tensor gc = cpu_compute_view(gout);
+  const bool widened = qc.scalar_type() != q.scalar_type();
+  Tensor dqc = widened ? at::empty_like(qc) : dq;
+  Tensor dkc = widened ? at::empty_like(kc) : dk;
+  Tensor dvc = widened ? at::empty_like(vc) : dv;
+  p.fwd.dtype = to_dtype(qc.scalar_type());
+  p.fwd.q = qc.data_ptr();
+  p.fwd.k = kc.data_ptr();
+  p.fwd.v = vc.data_ptr();
+  p.fwd.q_stride = strides_of(qc);
+  p.fwd.k_stride = strides_of(kc);
+  p.fwd.v_stride = strides_of(vc);
+  p.grad_out = gc.data_ptr();
+  p.grad_out_stride = strides_of(gc);
+  p.dq = dqc.data_ptr();
+  p.dk = dkc.data_ptr();
+  p.dv = dvc.data_ptr();
+  p.dq_stride = strides_of(dqc);
+  p.dk_stride = strides_of(dkc);
+  p.dv_stride = strides_of(dvc);
+  run_cpu(in.num_seqs * heads, [&](int64_t b, int64_t e_) { attn_bwd_cpu(p, b, e_); });
+  if (widened) {
+    dq.copy_(dqc);
+    dk.copy_(dkc);
+    dv.copy_(dvc);
+  }
+  return {dq, dk, dv, d_init};
+}
+
+Tensor attn_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& state,
+                   const optional<Tensor>& slope, double scale) {
+  const char* op = "lightning.attn_decode";
+  check_rank(q, 3, op, "q");
+  check_rank(k, 3, op, "k");
+  check_rank(v, 3, op, "v");
+  check_same_device(q, k, op, "q", "k");
+  check_same_device(q, v, op, "q", "v");
+  check_same_dtype(q, k, op, "q", "k");
+  check_same_dtype(q, v, op, "q", "v");
+  const auto dt = q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 ||
+                  (dt == at::kDouble && q.is_cpu()),
+              op, ": q must be float32, float16 or bfloat16 (float64 on CPU), got ", dt);
+  TORCH_CHECK_VALUE(k.sizes() == q.sizes(), op, ": k must have the shape of q ", q.sizes(),
+                    ", got ", k.sizes());
+  TORCH_CHECK_VALUE(v.size(0) == q.size(0) && v.size(1) == q.size(1), op,
+                    ": v must be (B, H, E) with (B, H) of q, got ", v.sizes());
+  const int64_t batch = q.size(0), heads = q.size(1), d = q.size(2), e = v.size(2);
+  check_head_dim(d, op, "the head dim D of q and k");
+  check_head_dim(e, op, "the head dim E of v");
+  check_slope(slope, q, heads, op);
+  check_state(state, q, batch, heads, d, e, op, "state");
+  TORCH_CHECK_VALUE(state.is_contiguous(), op, ": state must be contiguous (it is updated in place)");
+
+  Tensor qa = with_aligned_rows(q), ka = with_aligned_rows(k), va = with_aligned_rows(v);
+  Tensor slope_c = slope ? slope->contiguous() : Tensor();
+  Tensor o = at::empty({batch, heads, e}, v.options());
+  if (o.numel() == 0) return o;
+
+  AttnDecodeParams p;
+  p.batch = batch;
+  p.heads = heads;
+  p.head_dim = d;
+  p.value_dim = e;
+  p.scale = scale;
+  p.slope = slope ? slope_c.data_ptr<float>() : nullptr;
+  p.state = state.data_ptr<float>();
+#ifdef WITH_CUDA
+  if (q.is_cuda()) {
+    c10::cuda::CUDAGuard guard(q.device());
+    p.dtype = to_dtype(dt);
+    p.q = qa.data_ptr();
+    p.k = ka.data_ptr();
+    p.v = va.data_ptr();
+    p.o = o.data_ptr();
+    p.q_stride_b = stride_or_zero(qa, 0);
+    p.q_stride_h = stride_or_zero(qa, 1);
+    p.k_stride_b = stride_or_zero(ka, 0);
+    p.k_stride_h = stride_or_zero(ka, 1);
+    p.v_stride_b = stride_or_zero(va, 0);
+    p.v_stride_h = stride_or_zero(va, 1);
+    check_launch(attn_decode_cuda(p, at::cuda::getCurrentCUDAStream()), op);
+    return o;
+  }
+#endif
+  Tensor qc = cpu_compute_view(qa), kc = cpu_compute_view(ka), vc = cpu_compute_view(va);
+  Tensor oc = o.scalar_type() == qc.scalar_type() ? o : at::empty(o.sizes(), qc.options());
+  p.dtype = to_dtype(qc.scalar_type());
+  p.q = qc.data_ptr();
+  p.k = kc.data_ptr();
+  p.v = vc.data_ptr();
+  p.o = oc.data_ptr();
+  p.q_stride_b = stride_or_zero(qc, 0);
+  p.q_stride_h = stride_or_zero(qc, 1);
+  p.k_stride_b = stride_or_zero(kc, 0);
+  p.k_stride_h = stride_or_zero(kc, 1);
+  p.v_stride_b = stride_or_zero(vc, 0);
+  p.v_stride_h = stride_or_zero(vc, 1);
+  run_cpu(batch * heads, [&](int64_t b, int64_t e_) { attn_decode_cpu(p, b, e_); });
+  if (!oc.is_same(o)) o.copy_(oc);
+  return o;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lightning, m) {
+  m.def(
+      "attn(Tensor q, Tensor k, Tensor v, Tensor? slope, Tensor? initial_state, "
+      "Tensor? cu_seqlens, bool output_final_state, float scale) -> (Tensor, Tensor)");
+  m.def(
+      "attn_backward(Tensor grad_out, Tensor? grad_final_state, Tensor q, Tensor k, Tensor v, "
+      "Tensor? slope, Tensor? initial_state, Tensor? cu_seqlens, float scale) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "attn_decode(Tensor q, Tensor k, Tensor v, Tensor(a!) state, Tensor? slope, float scale) "
+      "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lightning, CPU, m) {
+  m.impl("attn", &attn);
+  m.impl("attn_backward", &attn_backward);
+  m.impl("attn_decode", &attn_decode);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(lightning, CUDA, m) {
+  m.impl("attn", &attn);
+  m.impl("attn_backward", &attn_backward);
+  m.impl("attn_decode", &attn_decode);
+}
+#endif
+
+}  // namespace lightning
+
+// `import lightning._C` only has to run the registrations above.
+extern "C" PyObject* PyInit__C() {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
