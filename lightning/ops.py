@@ -96,11 +96,17 @@ def attn_decode(q: Tensor, k: Tensor, v: Tensor, state: Tensor, slope: Optional[
     return o if token_dim is None else o.unsqueeze(token_dim)
 
 
+def _empty_like_rows(t):
+    """What the C++ side allocates for an output shaped like t: t's layout when its last
+    dimension is contiguous, else a contiguous tensor."""
+    return torch.empty_like(t) if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.new_empty(t.shape)
+
+
 @torch.library.register_fake("lightning::attn")
 def _attn_fake(q, k, v, slope, initial_state, cu_seqlens, output_final_state, scale):
     num_seqs = q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
     state_shape = (num_seqs, q.shape[1], q.shape[3], v.shape[3]) if output_final_state else (0,)
-    return torch.empty_like(v), q.new_empty(state_shape, dtype=torch.float32)
+    return _empty_like_rows(v), q.new_empty(state_shape, dtype=torch.float32)
 
 
 @torch.library.register_fake("lightning::attn_backward")
@@ -108,7 +114,7 @@ def _attn_backward_fake(grad_out, grad_final_state, q, k, v, slope, initial_stat
                         scale):
     d_init = (q.new_empty(initial_state.shape, dtype=torch.float32) if initial_state is not None
               else q.new_empty((0,), dtype=torch.float32))
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), d_init
+    return _empty_like_rows(q), _empty_like_rows(k), _empty_like_rows(v), d_init
 
 
 @torch.library.register_fake("lightning::attn_decode")

@@ -14,10 +14,7 @@
 #include "cpu/attn_cpu.h"
 
 #ifdef WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/CUDAGraphsUtils.cuh>
-#include <c10/cuda/CUDAGuard.h>
-
+#include "../common/cuda_utils.h"
 #include "cuda/attn_launch.h"
 #endif
 
@@ -49,7 +46,7 @@ Strides strides_of(const Tensor& t) {  // t is (B, H, N, X)
 // checked).
 bool can_read_values(const Tensor& t) {
 #ifdef WITH_CUDA
-  if (t.is_cuda()) return at::cuda::currentStreamCaptureStatus() == at::cuda::CaptureStatus::None;
+  if (t.is_cuda()) return !stream_is_capturing();
 #endif
   return true;
 }
@@ -190,12 +187,6 @@ void run_cpu(int64_t items, Kernel kernel) {
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) { kernel(begin, end); });
 }
 
-#ifdef WITH_CUDA
-void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
-}
-#endif
-
 std::tuple<Tensor, Tensor> attn(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const optional<Tensor>& slope,
                                 const optional<Tensor>& initial_state,
@@ -204,7 +195,7 @@ std::tuple<Tensor, Tensor> attn(const Tensor& q, const Tensor& k, const Tensor& 
   const char* op = "lightning.attn";
   AttnInputs in = check_attn_inputs(q, k, v, slope, initial_state, cu_seqlens, scale, op);
   const int64_t heads = q.size(1), d = q.size(3), e = v.size(3);
-  Tensor o = at::empty_like(v);
+  Tensor o = at::empty_like(in.v);  // like the aligned view: its last dim is contiguous
   Tensor final_state = output_final_state
                            ? at::empty({in.num_seqs, heads, d, e}, q.options().dtype(at::kFloat))
                            : at::empty({0}, q.options().dtype(at::kFloat));
@@ -217,7 +208,7 @@ std::tuple<Tensor, Tensor> attn(const Tensor& q, const Tensor& k, const Tensor& 
     c10::cuda::CUDAGuard guard(q.device());
     p.o = o.data_ptr();
     p.o_stride = strides_of(o);
-    check_launch(attn_fwd_cuda(p, at::cuda::getCurrentCUDAStream()), op);
+    check_launch(attn_fwd_cuda(p, current_stream()), op);
     return {o, final_state};
   }
 #endif
@@ -254,7 +245,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attn_backward(
     g_final = grad_final_state->contiguous();
   }
   Tensor gout = with_aligned_rows(grad_out);
-  Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
   Tensor d_init = initial_state ? at::empty_like(in.initial_state)
                                 : at::empty({0}, q.options().dtype(at::kFloat));
 
@@ -274,7 +265,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attn_backward(
     p.dq_stride = strides_of(dq);
     p.dk_stride = strides_of(dk);
     p.dv_stride = strides_of(dv);
-    check_launch(attn_bwd_cuda(p, at::cuda::getCurrentCUDAStream()), op);
+    check_launch(attn_bwd_cuda(p, current_stream()), op);
     return {dq, dk, dv, d_init};
   }
 #endif
@@ -360,7 +351,7 @@ Tensor attn_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& st
     p.k_stride_h = stride_or_zero(ka, 1);
     p.v_stride_b = stride_or_zero(va, 0);
     p.v_stride_h = stride_or_zero(va, 1);
-    check_launch(attn_decode_cuda(p, at::cuda::getCurrentCUDAStream()), op);
+    check_launch(attn_decode_cuda(p, current_stream()), op);
     return o;
   }
 #endif

@@ -1,0 +1,117 @@
+// Index arithmetic and small helpers shared by the sweep kernels (tensor-core and FFMA):
+// which sequence, head and column slice a CTA owns, where its rows live, and the decay
+// factors, every one of them lambda^x = exp(-s x) with x >= 0.
+#pragma once
+
+#include "../../common/tile.cuh"
+#include "sweep.h"
+
+namespace lightning {
+
+// The work of one CTA: grid = (column slices of c, heads, sequences).
+struct SweepSeq {
+  int head, item, c0, block;
+  int64_t batch, begin, length;
+  int num_blocks;
+  bool reverse;
+  // Forward sweeps start from the state before token 0, which reaches row r of a block
+  // through lambda^(r+1); reverse sweeps start from the gradient of the state after the last
+  // token, which reaches it through lambda^r. Key weights shift the same way.
+  int decay_shift;
+
+  __device__ SweepSeq(const SweepParams& p, int slice, int block_rows) {
+    c0 = blockIdx.x * slice;
+    head = blockIdx.y;
+    const int seq = blockIdx.z;
+    item = seq * p.heads + head;
+    const SeqRange r = seq_range(p.cu_seqlens, p.seqlen, seq);
+    begin = r.begin;
+    length = r.end - r.begin;
+    batch = p.cu_seqlens ? 0 : seq;
+    block = block_rows;
+    num_blocks = static_cast<int>((length + block - 1) / block);
+    reverse = p.reverse;
+    decay_shift = p.reverse ? 1 : 0;
+  }
+
+  // lambda^(r+1) (forward) or lambda^r (reverse) for row r of a block.
+  __device__ float inter_decay(const float* decay, int r) const { return decay[r + 1 - decay_shift]; }
+
+  // scale * lambda^(m-1-key) (forward) or scale * lambda^(m-key) (reverse) for the keys of a
+  // block of m rows, 0 for rows past its end.
+  __device__ float key_decay(const float* decay, float scale, int m, int key) const {
+    return key < m ? scale * decay[m - 1 - key + decay_shift] : 0.f;
+  }
+
+  __device__ int rows_in_block(int blk) const {
+    const int64_t left = length - static_cast<int64_t>(blk) * block;
+    return left < block ? static_cast<int>(left) : block;
+  }
+
+  // Token index of row r of block blk in sweep order, or -1 past the end of the sequence.
+  __device__ int64_t token(int blk, int r) const {
+    const int64_t local = static_cast<int64_t>(blk) * block + r;
+    if (local >= length) return -1;
+    return reverse ? begin + length - 1 - local : begin + local;
+  }
+
+  template <typename T>
+  __device__ T* row(const void* base, const Strides& s, int64_t tok) const {
+    return static_cast<T*>(const_cast<void*>(base)) + batch * s.b + head * s.h + tok * s.n;
+  }
+
+  // Element (i, c0 + j) of this item's state, 0 outside the state or without one.
+  __device__ float load_state(const SweepParams& p, int i, int j) const {
+    const StateView& v = p.init_state;
+    if (v.ptr == nullptr || i >= p.width_ab || c0 + j >= p.width_c) return 0.f;
+    return v.ptr[item * v.item_stride + i * v.row + (c0 + j) * v.col];
+  }
+  __device__ void store_state(const SweepParams& p, int i, int j, float x) const {
+    const StateView& v = p.final_state;
+    if (i >= p.width_ab || c0 + j >= p.width_c) return;
+    v.ptr[item * v.item_stride + i * v.row + (c0 + j) * v.col] = x;
+  }
+};
+
+// An empty sequence leaves its state as it was.
+__device__ inline void copy_state_through(const SweepParams& p, const SweepSeq& seq, int rows, int slice) {
+  if (p.final_state.ptr == nullptr) return;
+  for (int x = threadIdx.x; x < rows * slice; x += blockDim.x)
+    seq.store_state(p, x / slice, x % slice, seq.load_state(p, x / slice, x % slice));
+}
+
+__device__ inline void fill_decay_table(const SweepParams& p, int head, float* decay, int block) {
+  const float s = p.slope ? p.slope[head] : 0.f;
+  for (int i = threadIdx.x; i <= block; i += blockDim.x) decay[i] = expf(-s * static_cast<float>(i));
+}
+
+// scale * lambda^(r-c) on and below the diagonal, exactly 0 above it.
+__device__ __forceinline__ float causal_decay(const float* decay, float scale, int r, int c) {
+  return r >= c ? scale * decay[r - c] : 0.f;
+}
+
+template <typename T>
+__device__ __forceinline__ void scale_pairs(uint32_t& x, float2 s) {
+  const float2 f = tile::unpack_pair<T>(x);
+  x = tile::pack_pair<T>(f.x * s.x, f.y * s.y);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_pair(T* dst, float x, float y) {
+  *reinterpret_cast<uint32_t*>(dst) = tile::pack_pair<T>(x, y);
+}
+
+// Visits every element of a warp's C-fragment array (kMTiles x 16 rows from row0, kNTiles x 8
+// columns): f(mt, n, e, row, col).
+template <int kMTiles, int kNTiles, typename F>
+__device__ __forceinline__ void for_state_fragments(int row0, int lane, F&& f) {
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int n = 0; n < kNTiles; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) f(mt, n, e, row0 + mt * 16 + g + (e / 2) * 8, n * 8 + 2 * t + (e % 2));
+}
+
+}  // namespace lightning
