@@ -1,0 +1,429 @@
+// The one schema site of namespace `im2win`, and its bindings: check the tensors, make the
+// outputs, fill a torch-free Params struct and hand it to the CPU or CUDA kernels.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "../common/torch_utils.h"
+#include "conv2d_params.h"
+#include "cpu/conv2d_cpu.h"
+
+#ifdef WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/conv2d_launch.h"
+#endif
+
+namespace im2win {
+namespace {
+
+using at::IntArrayRef;
+using at::Tensor;
+using std::optional;
+using namespace torch_utils;
+
+// The CPU path builds the window tensor ((FH / stride) x the input) for a slice of the batch
+// at a time, so its memory stays bounded whatever the batch size.
+constexpr int64_t kCpuWindowBytes = int64_t(64) << 20;
+
+DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return DType::kFloat64;
+    case at::kFloat: return DType::kFloat32;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: TORCH_CHECK(false, "im2win: unsupported dtype ", t);
+  }
+}
+
+NCHWStrides strides_of(const Tensor& t) {  // t is (N, C, H, W)
+  return {stride_or_zero(t, 0), stride_or_zero(t, 1), stride_or_zero(t, 2), stride_or_zero(t, 3)};
+}
+
+// The kernels see NCHW or NHWC tensors only: anything else (an expanded gradient, a strided
+// slice) is copied once into the memory format it resembles, the output's format too.
+Tensor dense(const Tensor& t) { return t.contiguous(t.suggest_memory_format()); }
+
+void check_float_dtype(const Tensor& t, const char* op, const char* arg) {
+  const auto dt = t.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 ||
+                  (dt == at::kDouble && t.is_cpu()),
+              op, ": ", arg, " must be float32, float16 or bfloat16 (float64 on CPU), got ", dt,
+              " on ", t.device());
+}
+
+// The kernels' Params hold int sizes.
+constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+
+void check_pair(IntArrayRef v, int64_t min, const char* op, const char* arg) {
+  TORCH_CHECK_VALUE(v.size() == 2, op, ": ", arg, " must have 2 values (height, width), got ", v);
+  TORCH_CHECK_VALUE(v[0] >= min && v[1] >= min && v[0] <= kMaxInt && v[1] <= kMaxInt, op, ": ",
+                    arg, " must be in [", min, ", ", kMaxInt, "], got ", v);
+}
+
+// Checks stride, padding, dilation and that the dilated kernel fits into the padded input;
+// returns the output size (Ho, Wo).
+std::array<int64_t, 2> output_size(const Tensor& input, IntArrayRef kernel, IntArrayRef stride,
+                                   IntArrayRef padding, IntArrayRef dilation, const char* op,
+                                   const char* kernel_arg) {
+  check_pair(stride, 1, op, "stride");
+  check_pair(dilation, 1, op, "dilation");
+  check_pair(padding, 0, op, "padding");
+  std::array<int64_t, 2> out;
+  for (int i = 0; i < 2; ++i) {
+    const int64_t padded = input.size(2 + i) + 2 * padding[i];
+    const int64_t span = dilation[i] * (kernel[i] - 1) + 1;
+    TORCH_CHECK_VALUE(span <= padded, op, ": the ", kernel_arg, " (", kernel, ", dilation ",
+                      dilation, ") does not fit into the padded input (", input.sizes().slice(2),
+                      " + 2 * padding ", padding, "): the output would be empty");
+    out[i] = (padded - span) / stride[i] + 1;
+  }
+  return out;
+}
+
+// Everything conv2d and conv2d_backward check; returns the Params without data pointers.
+Conv2dParams check_conv_inputs(const Tensor& input, const Tensor& weight,
+                               const optional<Tensor>& bias, IntArrayRef stride,
+                               IntArrayRef padding, IntArrayRef dilation, int64_t groups,
+                               const char* op) {
+  check_rank(input, 4, op, "input");
+  check_rank(weight, 4, op, "weight");
+  TORCH_CHECK(input.is_cpu() || input.is_cuda(), op, ": input must be a CPU or CUDA tensor, got ",
+              input.device());
+  check_same_device(input, weight, op, "input", "weight");
+  check_float_dtype(input, op, "input");
+  check_same_dtype(input, weight, op, "input", "weight");
+  TORCH_CHECK_VALUE(groups >= 1, op, ": groups must be >= 1, got ", groups);
+  const int64_t channels = input.size(1), out_channels = weight.size(0);
+  TORCH_CHECK_VALUE(channels == weight.size(1) * groups, op, ": input has ", channels,
+                    " channels but weight ", weight.sizes(), " with groups = ", groups,
+                    " expects weight.size(1) * groups = ", weight.size(1) * groups);
+  TORCH_CHECK_VALUE(out_channels % groups == 0, op, ": the ", out_channels,
+                    " output channels of weight must be divisible by groups = ", groups);
+  TORCH_CHECK_VALUE(weight.size(2) >= 1 && weight.size(3) >= 1, op,
+                    ": weight must have a kernel of at least 1 x 1, got ", weight.sizes());
+  if (bias) {
+    check_same_device(input, *bias, op, "input", "bias");
+    check_same_dtype(input, *bias, op, "input", "bias");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out_channels, op,
+                      ": bias must have shape (", out_channels, ",), got ", bias->sizes());
+  }
+  const auto out = output_size(input, weight.sizes().slice(2), stride, padding, dilation, op,
+                               "kernel of weight");
+
+  Conv2dParams p{};
+  p.dtype = to_dtype(input.scalar_type());
+  p.fp32_math = at::globalContext().allowTF32CuDNN(at::Float32Op::CONV) ? Fp32Math::kTF32
+                                                                         : Fp32Math::kExact;
+  p.batch = input.size(0);
+  p.in_channels = channels;
+  p.in_h = input.size(2);
+  p.in_w = input.size(3);
+  p.out_channels = out_channels;
+  p.kernel_h = weight.size(2);
+  p.kernel_w = weight.size(3);
+  p.out_h = out[0];
+  p.out_w = out[1];
+  p.stride_h = stride[0];
+  p.stride_w = stride[1];
+  p.pad_h = padding[0];
+  p.pad_w = padding[1];
+  p.dilation_h = dilation[0];
+  p.dilation_w = dilation[1];
+  p.groups = groups;
+  return p;
+}
+
+// Output and grad_input follow the input's memory format, as F.conv2d's do.
+Tensor empty_like_format(at::IntArrayRef sizes, const Tensor& input) {
+  return at::empty(sizes, input.options().memory_format(input.suggest_memory_format()));
+}
+
+// CPU kernels compute in float (or double); half types are widened once here and the
+// results rounded once on the way out.
+Tensor cpu_compute_view(const Tensor& t) {
+  return t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat ? t
+                                                                          : t.to(at::kFloat);
+}
+
+// Work (multiply-adds or copies) below which another thread costs more than it saves
+// (ATen's own grain size): small convolutions run on the calling thread.
+constexpr int64_t kMinTaskWork = 32768;
+
+// Spreads `items` work items of `item_work` each over threads.
+template <typename Kernel>
+void run_cpu(int64_t items, int64_t item_work, Kernel kernel) {
+  const int64_t grain = std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(item_work, 1));
+  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) { kernel(begin, end); });
+}
+
+// Values of the window tensor of one channel of one image, Ihat[n][c].
+int64_t window_plane_elems(const Im2winParams& w) {
+  return int64_t(w.out_h) * w.padded_w * w.kernel_h;
+}
+
+// Multiply-adds of one output plane (n, k).
+int64_t plane_macs(const Conv2dParams& p) {
+  return int64_t(p.out_h) * p.out_w * (p.in_channels / p.groups) * p.kernel_h * p.kernel_w;
+}
+
+// Calls fn(start, length, window) for consecutive slices of the batch of p, with `window`
+// holding the window tensor of input[start : start + length] (x is p's input, on the CPU).
+template <typename Fn>
+void for_each_window_slice(const Tensor& x, const Conv2dParams& p, Fn fn) {
+  Im2winParams wp = window_params(p);
+  const int64_t item_elems = wp.channels * window_plane_elems(wp);
+  const int64_t item_bytes = std::max<int64_t>(item_elems * x.element_size(), 1);
+  const int64_t slice = std::max<int64_t>(1, std::min<int64_t>(p.batch, kCpuWindowBytes / item_bytes));
+  Tensor window = at::empty({slice * item_elems}, x.options());
+  for (int64_t start = 0; start < p.batch; start += slice) {
+    const int64_t length = std::min(slice, p.batch - start);
+    wp.batch = length;
+    wp.input = x.narrow(0, start, length).data_ptr();
+    wp.output = window.data_ptr();
+    run_cpu(length * wp.channels, window_plane_elems(wp),
+            [&](int64_t b, int64_t e) { im2win_cpu(wp, b, e); });
+    fn(start, length, window.data_ptr());
+  }
+}
+
+#ifdef WITH_CUDA
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
+}
+
+Tensor workspace(size_t bytes, const Tensor& like) {
+  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+}
+#endif
+
+Tensor conv2d(const Tensor& input_arg, const Tensor& weight_arg, const optional<Tensor>& bias_arg,
+              IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  const char* op = "im2win.conv2d";
+  Conv2dParams p =
+      check_conv_inputs(input_arg, weight_arg, bias_arg, stride, padding, dilation, groups, op);
+  Tensor out = empty_like_format({p.batch, p.out_channels, p.out_h, p.out_w}, input_arg);
+  if (out.numel() == 0) return out;
+  Tensor input = dense(input_arg), weight = weight_arg.contiguous();
+  Tensor bias = bias_arg ? bias_arg->contiguous() : Tensor();
+
+#ifdef WITH_CUDA
+  if (input.is_cuda()) {
+    c10::cuda::CUDAGuard guard(input.device());
+    p.input = input.data_ptr();
+    p.weight = weight.data_ptr();
+    p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+    p.output = out.data_ptr();
+    p.in_stride = strides_of(input);
+    p.out_stride = strides_of(out);
+    Tensor ws = workspace(conv2d_fwd_workspace_bytes(p), input);
+    check_launch(conv2d_fwd_cuda(p, ws.data_ptr(), at::cuda::getCurrentCUDAStream()), op);
+    return out;
+  }
+#endif
+  Tensor xc = cpu_compute_view(input), wc = cpu_compute_view(weight);
+  Tensor bc = bias.defined() ? cpu_compute_view(bias) : Tensor();
+  Tensor oc = out.scalar_type() == xc.scalar_type() ? out : at::empty_like(out, xc.scalar_type());
+  p.dtype = to_dtype(xc.scalar_type());
+  p.input = xc.data_ptr();
+  p.weight = wc.data_ptr();
+  p.bias = bc.defined() ? bc.data_ptr() : nullptr;
+  p.in_stride = strides_of(xc);
+  p.out_stride = strides_of(oc);
+  for_each_window_slice(xc, p, [&](int64_t start, int64_t length, const void* window) {
+    Conv2dParams slice = p;
+    slice.batch = length;
+    slice.output = oc.narrow(0, start, length).data_ptr();
+    run_cpu(length * channel_blocks(p.out_channels, p.groups), plane_macs(p) * kChannelBlock,
+            [&](int64_t b, int64_t e) { conv2d_fwd_cpu(slice, window, b, e); });
+  });
+  if (!oc.is_same(out)) out.copy_(oc);
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output_arg,
+                                                   const Tensor& input_arg,
+                                                   const Tensor& weight_arg, IntArrayRef stride,
+                                                   IntArrayRef padding, IntArrayRef dilation,
+                                                   int64_t groups, std::array<bool, 3> output_mask) {
+  const char* op = "im2win.conv2d_backward";
+  Conv2dBwdParams b{};
+  b.fwd = check_conv_inputs(input_arg, weight_arg, std::nullopt, stride, padding, dilation,
+                            groups, op);
+  const Conv2dParams& p = b.fwd;
+  check_same_device(input_arg, grad_output_arg, op, "input", "grad_output");
+  check_same_dtype(input_arg, grad_output_arg, op, "input", "grad_output");
+  const std::array<int64_t, 4> out_shape{p.batch, p.out_channels, p.out_h, p.out_w};
+  TORCH_CHECK_VALUE(grad_output_arg.sizes() == IntArrayRef(out_shape), op,
+                    ": grad_output must have the output's shape ", IntArrayRef(out_shape),
+                    ", got ", grad_output_arg.sizes());
+
+  // Gradients not asked for are empty (0,) tensors.
+  const auto none = [&] { return at::empty({0}, input_arg.options()); };
+  Tensor grad_input = output_mask[0] ? empty_like_format(input_arg.sizes(), input_arg) : none();
+  Tensor grad_weight = output_mask[1] ? at::empty(weight_arg.sizes(), weight_arg.options()) : none();
+  Tensor grad_bias = output_mask[2] ? at::empty({p.out_channels}, weight_arg.options()) : none();
+  const bool want_input = output_mask[0] && grad_input.numel() > 0;
+  const bool want_weight = output_mask[1] && grad_weight.numel() > 0;
+  const bool want_bias = output_mask[2] && grad_bias.numel() > 0;
+  if (!want_input && !want_weight && !want_bias) return {grad_input, grad_weight, grad_bias};
+  if (p.batch == 0) return {grad_input, grad_weight.zero_(), grad_bias.zero_()};  // empty sums
+  Tensor input = dense(input_arg), weight = weight_arg.contiguous();
+  Tensor grad_output = dense(grad_output_arg);
+
+#ifdef WITH_CUDA
+  if (input.is_cuda()) {
+    c10::cuda::CUDAGuard guard(input.device());
+    b.fwd.input = input.data_ptr();
+    b.fwd.weight = weight.data_ptr();
+    b.fwd.in_stride = strides_of(input);
+    b.grad_output = grad_output.data_ptr();
+    b.grad_out_stride = strides_of(grad_output);
+    b.grad_input = want_input ? grad_input.data_ptr() : nullptr;
+    b.grad_in_stride = want_input ? strides_of(grad_input) : NCHWStrides{};
+    b.grad_weight = want_weight ? grad_weight.data_ptr() : nullptr;
+    b.grad_bias = want_bias ? grad_bias.data_ptr() : nullptr;
+    Tensor ws = workspace(conv2d_bwd_workspace_bytes(b), input);
+    check_launch(conv2d_bwd_cuda(b, ws.data_ptr(), at::cuda::getCurrentCUDAStream()), op);
+    return {grad_input, grad_weight, grad_bias};
+  }
+#endif
+  Tensor xc = cpu_compute_view(input), wc = cpu_compute_view(weight);
+  Tensor gc = cpu_compute_view(grad_output);
+  const bool widened = xc.scalar_type() != input.scalar_type();
+  Tensor gi = widened && want_input ? at::empty_like(grad_input, xc.scalar_type()) : grad_input;
+  // grad_weight is accumulated over slices of the batch, so it starts at zero.
+  Tensor gw = !want_weight ? grad_weight
+              : widened    ? at::zeros(weight.sizes(), wc.options())
+                           : grad_weight.zero_();
+  Tensor gb = widened && want_bias ? at::empty({p.out_channels}, wc.options()) : grad_bias;
+  b.fwd.dtype = to_dtype(xc.scalar_type());
+  b.fwd.input = xc.data_ptr();
+  b.fwd.weight = wc.data_ptr();
+  b.fwd.in_stride = strides_of(xc);
+  b.grad_output = gc.data_ptr();
+  b.grad_out_stride = strides_of(gc);
+  if (want_input) {
+    b.grad_input = gi.data_ptr();
+    b.grad_in_stride = strides_of(gi);
+    run_cpu(p.batch * channel_blocks(p.in_channels, p.groups),
+            plane_macs(p) * p.out_channels / p.in_channels * kChannelBlock,
+            [&](int64_t s, int64_t e) { conv2d_bwd_input_cpu(b, s, e); });
+  }
+  if (want_weight) {
+    b.grad_weight = gw.data_ptr();
+    for_each_window_slice(xc, b.fwd, [&](int64_t start, int64_t length, const void* window) {
+      Conv2dBwdParams slice = b;
+      slice.fwd.batch = length;
+      slice.grad_output = gc.narrow(0, start, length).data_ptr();
+      run_cpu(channel_blocks(p.out_channels, p.groups), length * plane_macs(p) * kChannelBlock,
+              [&](int64_t s, int64_t e) { conv2d_bwd_weight_cpu(slice, window, s, e); });
+    });
+  }
+  if (want_bias) {
+    b.grad_bias = gb.data_ptr();
+    run_cpu(p.out_channels, int64_t(p.batch) * p.out_h * p.out_w,
+            [&](int64_t s, int64_t e) { conv2d_bwd_bias_cpu(b, s, e); });
+  }
+  if (want_input && !gi.is_same(grad_input)) grad_input.copy_(gi);
+  if (want_weight && !gw.is_same(grad_weight)) grad_weight.copy_(gw);
+  if (want_bias && !gb.is_same(grad_bias)) grad_bias.copy_(gb);
+  return {grad_input, grad_weight, grad_bias};
+}
+
+Tensor im2win_transform(const Tensor& input_arg, IntArrayRef kernel_size, IntArrayRef stride,
+                        IntArrayRef padding, IntArrayRef dilation) {
+  const char* op = "im2win.im2win";
+  check_rank(input_arg, 4, op, "input");
+  TORCH_CHECK(input_arg.is_cpu() || input_arg.is_cuda(), op,
+              ": input must be a CPU or CUDA tensor, got ", input_arg.device());
+  check_float_dtype(input_arg, op, "input");
+  check_pair(kernel_size, 1, op, "kernel_size");
+  const auto out = output_size(input_arg, kernel_size, stride, padding, dilation, op, "kernel_size");
+
+  Im2winParams p{};
+  p.dtype = to_dtype(input_arg.scalar_type());
+  p.batch = input_arg.size(0);
+  p.channels = input_arg.size(1);
+  p.in_h = input_arg.size(2);
+  p.in_w = input_arg.size(3);
+  p.kernel_h = kernel_size[0];
+  p.out_h = out[0];
+  p.padded_w = p.in_w + 2 * padding[1];
+  p.stride_h = stride[0];
+  p.pad_h = padding[0];
+  p.pad_w = padding[1];
+  p.dilation_h = dilation[0];
+  Tensor windows = at::empty({p.batch, p.channels, p.out_h, int64_t(p.padded_w) * p.kernel_h},
+                             input_arg.options());
+  if (windows.numel() == 0) return windows;
+  Tensor input = dense(input_arg);
+
+#ifdef WITH_CUDA
+  if (input.is_cuda()) {
+    c10::cuda::CUDAGuard guard(input.device());
+    p.input = input.data_ptr();
+    p.in_stride = strides_of(input);
+    p.output = windows.data_ptr();
+    check_launch(im2win_cuda(p, at::cuda::getCurrentCUDAStream()), op);
+    return windows;
+  }
+#endif
+  Tensor xc = cpu_compute_view(input);
+  Tensor wc = windows.scalar_type() == xc.scalar_type() ? windows
+                                                         : at::empty_like(windows, xc.scalar_type());
+  p.dtype = to_dtype(xc.scalar_type());
+  p.input = xc.data_ptr();
+  p.in_stride = strides_of(xc);
+  p.output = wc.data_ptr();
+  run_cpu(int64_t(p.batch) * p.channels, window_plane_elems(p),
+          [&](int64_t b, int64_t e) { im2win_cpu(p, b, e); });
+  if (!wc.is_same(windows)) windows.copy_(wc);
+  return windows;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(im2win, m) {
+  m.def(
+      "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups) -> Tensor");
+  m.def(
+      "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
+      "int[2] padding, int[2] dilation, int groups, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "im2win(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "int[2] dilation) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(im2win, CPU, m) {
+  m.impl("conv2d", &conv2d);
+  m.impl("conv2d_backward", &conv2d_backward);
+  m.impl("im2win", &im2win_transform);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(im2win, CUDA, m) {
+  m.impl("conv2d", &conv2d);
+  m.impl("conv2d_backward", &conv2d_backward);
+  m.impl("im2win", &im2win_transform);
+}
+#endif
+
+}  // namespace im2win
+
+// `import im2win._C` only has to run the registrations above.
+extern "C" PyObject* PyInit__C() {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,16 @@
+"""im2win: im2win convolution (arXiv 2306.14316 on GPUs, 2306.14320 on CPUs) as a PyTorch
+operator, torch.ops.im2win.conv2d, with CPU and CUDA kernels; a drop-in for F.conv2d.
+"""
+
+try:
+    from . import _C  # noqa: F401  (built ahead of time by setup.py)
+except ImportError:  # a checkout without a build: compile the same sources just in time
+    import os as _os, sys as _sys
+
+    _sys.path.insert(0, _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "..", "csrc"))
+    __import__("build_config").jit_load(__name__)
+
+from .ops import conv2d, im2win  # noqa: E402
+
+# The modules (im2win.nn: Conv2d, convert) are exported here by their own issue.
+__all__ = ["conv2d", "im2win"]
