@@ -17,8 +17,7 @@
 #include "cpu/conv2d_cpu.h"
 
 #ifdef WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
+#include "../common/cuda_utils.h"
 
 #include "cuda/conv2d_launch.h"
 #endif
@@ -197,10 +196,6 @@ void for_each_window_slice(const Tensor& x, const Conv2dParams& p, Fn fn) {
 }
 
 #ifdef WITH_CUDA
-void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
-}
-
 Tensor workspace(size_t bytes, const Tensor& like) {
   return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
 }
@@ -226,7 +221,7 @@ Tensor conv2d(const Tensor& input_arg, const Tensor& weight_arg, const optional<
     p.in_stride = strides_of(input);
     p.out_stride = strides_of(out);
     Tensor ws = workspace(conv2d_fwd_workspace_bytes(p), input);
-    check_launch(conv2d_fwd_cuda(p, ws.data_ptr(), at::cuda::getCurrentCUDAStream()), op);
+    check_launch(conv2d_fwd_cuda(p, ws.data_ptr(), current_stream()), op);
     return out;
   }
 #endif
@@ -293,7 +288,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output_arg
     b.grad_weight = want_weight ? grad_weight.data_ptr() : nullptr;
     b.grad_bias = want_bias ? grad_bias.data_ptr() : nullptr;
     Tensor ws = workspace(conv2d_bwd_workspace_bytes(b), input);
-    check_launch(conv2d_bwd_cuda(b, ws.data_ptr(), at::cuda::getCurrentCUDAStream()), op);
+    check_launch(conv2d_bwd_cuda(b, ws.data_ptr(), current_stream()), op);
     return {grad_input, grad_weight, grad_bias};
   }
 #endif
@@ -374,7 +369,7 @@ Tensor im2win_transform(const Tensor& input_arg, IntArrayRef kernel_size, IntArr
     p.input = input.data_ptr();
     p.in_stride = strides_of(input);
     p.output = windows.data_ptr();
-    check_launch(im2win_cuda(p, at::cuda::getCurrentCUDAStream()), op);
+    check_launch(im2win_cuda(p, current_stream()), op);
     return windows;
   }
 #endif

@@ -1,0 +1,26 @@
+// Internal host interface between the im2win CUDA launchers (conv2d_launch.cu) and the
+// per-family kernel files; the public entry points are in conv2d_launch.h.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+#include "../conv2d_params.h"
+
+namespace im2win {
+
+// conv2d_fwd.cu: output = conv(input, weight) + bias.
+cudaError_t conv2d_fwd_gemm(const Conv2dParams& p, cudaStream_t stream);
+
+// conv2d_bwd_data.cu: grad_input = the transposed convolution of grad_output, as a gather.
+cudaError_t conv2d_bwd_data_gemm(const Conv2dBwdParams& p, cudaStream_t stream);
+
+// conv2d_bwd_weight.cu: grad_weight through fp32 partial sums in `workspace` (split
+// reduction), and grad_bias.
+size_t conv2d_bwd_weight_workspace_bytes(const Conv2dBwdParams& p);
+cudaError_t conv2d_bwd_weight_gemm(const Conv2dBwdParams& p, void* workspace,
+                                   cudaStream_t stream);
+cudaError_t conv2d_bwd_bias(const Conv2dBwdParams& p, cudaStream_t stream);
+
+}  // namespace im2win
