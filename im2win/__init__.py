@@ -11,6 +11,6 @@ except ImportError:  # a checkout without a build: compile the same sources just
     __import__("build_config").jit_load(__name__)
 
 from .ops import conv2d, im2win  # noqa: E402
+from .nn import Conv2d, convert  # noqa: E402
 
-# The modules (im2win.nn: Conv2d, convert) are exported here by their own issue.
-__all__ = ["conv2d", "im2win"]
+__all__ = ["conv2d", "im2win", "Conv2d", "convert"]

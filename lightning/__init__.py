@@ -13,5 +13,6 @@ except ImportError:  # a checkout without a build: compile the same sources just
     __import__("build_config").jit_load(__name__)
 
 from .ops import attn, attn_decode, build_slopes  # noqa: E402
+from . import nn  # noqa: E402,F401
 
-__all__ = ["attn", "attn_decode", "build_slopes"]
+__all__ = ["attn", "attn_decode", "build_slopes", "nn"]
