@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 
@@ -182,9 +183,16 @@ Tensor cpu_compute_view(const Tensor& t) {
                                                                           : t.to(at::kFloat);
 }
 
+int64_t tokens_per_item(const AttnInputs& in) {
+  return in.cu_seqlens.defined() ? in.params.seqlen / std::max<int64_t>(1, in.num_seqs) : in.params.seqlen;
+}
+
+// Spreads (sequence, head) items over threads, at least ~1M multiply-adds per chunk: waking
+// threads for tiny problems (gradcheck, decode of one token) costs more than it saves.
 template <typename Kernel>
-void run_cpu(int64_t items, Kernel kernel) {
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) { kernel(begin, end); });
+void run_cpu(int64_t items, int64_t work_per_item, Kernel kernel) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, work_per_item));
+  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) { kernel(begin, end); });
 }
 
 std::tuple<Tensor, Tensor> attn(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -223,7 +231,8 @@ std::tuple<Tensor, Tensor> attn(const Tensor& q, const Tensor& k, const Tensor& 
   p.v_stride = strides_of(vc);
   p.o = oc.data_ptr();
   p.o_stride = strides_of(oc);
-  run_cpu(in.num_seqs * heads, [&](int64_t b, int64_t e_) { attn_fwd_cpu(p, b, e_); });
+  run_cpu(in.num_seqs * heads, tokens_per_item(in) * (64 + d) * (d + e),
+          [&](int64_t b, int64_t e_) { attn_fwd_cpu(p, b, e_); });
   if (!oc.is_same(o)) o.copy_(oc);
   return {o, final_state};
 }
@@ -290,7 +299,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attn_backward(
   p.dq_stride = strides_of(dqc);
   p.dk_stride = strides_of(dkc);
   p.dv_stride = strides_of(dvc);
-  run_cpu(in.num_seqs * heads, [&](int64_t b, int64_t e_) { attn_bwd_cpu(p, b, e_); });
+  run_cpu(in.num_seqs * heads, 3 * tokens_per_item(in) * (64 + d) * (d + e),
+          [&](int64_t b, int64_t e_) { attn_bwd_cpu(p, b, e_); });
   if (widened) {
     dq.copy_(dqc);
     dk.copy_(dkc);
@@ -368,7 +378,7 @@ Tensor attn_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& st
   p.k_stride_h = stride_or_zero(kc, 1);
   p.v_stride_b = stride_or_zero(vc, 0);
   p.v_stride_h = stride_or_zero(vc, 1);
-  run_cpu(batch * heads, [&](int64_t b, int64_t e_) { attn_decode_cpu(p, b, e_); });
+  run_cpu(batch * heads, d * e, [&](int64_t b, int64_t e_) { attn_decode_cpu(p, b, e_); });
   if (!oc.is_same(o)) o.copy_(oc);
   return o;
 }

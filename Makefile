@@ -1,0 +1,50 @@
+# Everything a fresh machine needs, in the project's own virtual environment (never the
+# system's: PyTorch Lightning also installs a package named `lightning`).
+#   make test   set up, build (CPU + CUDA kernels when nvcc is found), ctest + pytest
+#   make demo   set up, build, run the main job (examples/demo.py)
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.14.1
+VPY := $(VENV)/bin/python
+
+# nvcc on PATH may be a wrapper script: torch needs the real toolkit root.
+CUDA_HOME ?= $(firstword $(foreach d,/usr/local/cuda /usr/local/cuda-13.0,$(if $(wildcard $(d)/bin/nvcc),$(d),)))
+export CUDA_HOME
+export TORCH_CUDA_ARCH_LIST ?= 9.0
+export MAX_JOBS ?= $(shell nproc)
+
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' -o -name '*.py') setup.py
+
+.PHONY: venv build test ctest pytest demo bench clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q torch==$(TORCH_VERSION) numpy pytest ninja pybind11 setuptools wheel matplotlib
+	touch $@
+
+build: $(VENV)/.built
+$(VENV)/.built: $(VENV)/.installed $(SOURCES)
+	$(VPY) setup.py -q build_ext --inplace
+	touch $@
+
+ctest: $(VENV)/.installed
+	cmake -S . -B build-cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
+	cmake --build build-cmake -j $(MAX_JOBS) > /dev/null
+	cd build-cmake && ctest --output-on-failure
+
+pytest: build
+	$(VPY) -m pytest -q
+
+test: ctest pytest
+
+demo: build
+	$(VPY) examples/demo.py
+
+bench: build
+	$(VPY) benchmarks/bench_lightning.py
+	$(VPY) benchmarks/bench_im2win.py
+
+clean:
+	rm -rf build build-cmake lightning/_C*.so im2win/_C*.so $(VENV)/.built
