@@ -65,7 +65,7 @@ def main():
             f"{name}._C",
             [os.path.relpath(s, ROOT) for s in build_config.sources(name, with_cuda)],
             extra_compile_args=args if with_cuda else {"cxx": args["cxx"]},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=build_config.link_args(),
         )
         for name in ("lightning", "im2win")
     ]

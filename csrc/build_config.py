@@ -8,6 +8,7 @@ so they compile in seconds; only the binding ``.cpp`` of each namespace sees tor
 import glob
 import os
 import shutil
+import subprocess
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -49,6 +50,27 @@ def compile_args(with_cuda, debug=False):
     return {"cxx": cxx, "nvcc": nvcc}
 
 
+def link_args():
+    """-fopenmp, and the shared libstdc++ when the compiler would link the static one.
+
+    Where the compiler finds no libstdc++.so link (seen on the H200 image: `c++
+    -print-file-name=libstdc++.so` answers a bare name), it links libstdc++.a into the
+    extension: the module then carries its own copy of the iostream/locale code, and
+    formatting a number in an error message (TORCH_CHECK with a size) segfaulted against the
+    process's libstdc++. Naming the runtime library fixed it there.
+    """
+    args = ["-fopenmp"]
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        found = subprocess.run([cxx, "-print-file-name=libstdc++.so"], capture_output=True, text=True,
+                               check=False).stdout.strip()
+    except OSError:
+        return args
+    if not os.path.isabs(found):  # not found: the driver would fall back to libstdc++.a
+        args.append("-l:libstdc++.so.6")
+    return args
+
+
 def jit_load(name):
     """Builds csrc/<name> with torch.utils.cpp_extension.load and loads it as a plain library
     (the op registrations are what matter, not a Python module)."""
@@ -63,7 +85,7 @@ def jit_load(name):
         sources=sources(name, with_cuda),
         extra_cflags=args["cxx"],
         extra_cuda_cflags=args["nvcc"],
-        extra_ldflags=["-fopenmp"],
+        extra_ldflags=link_args(),
         is_python_module=False,
         verbose=os.environ.get("VERBOSE", "0") == "1",
     )

@@ -1,7 +1,5 @@
 // The one schema site of namespace `im2win`, and its bindings: check the tensors, make the
 // outputs, fill a torch-free Params struct and hand it to the CPU or CUDA kernels.
-#include <Python.h>
-
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -12,6 +10,8 @@
 #include <optional>
 #include <tuple>
 
+#include "../common/python_module.h"
+#include "../common/python_module.h"
 #include "../common/torch_utils.h"
 #include "conv2d_params.h"
 #include "cpu/conv2d_cpu.h"
@@ -417,8 +417,4 @@ TORCH_LIBRARY_IMPL(im2win, CUDA, m) {
 
 }  // namespace im2win
 
-// `import im2win._C` only has to run the registrations above.
-extern "C" PyObject* PyInit__C() {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}
+LT_DEFINE_REGISTRATION_MODULE()

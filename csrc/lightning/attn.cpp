@@ -1,7 +1,5 @@
 // The one schema site of namespace `lightning`, and its bindings: check the tensors, make
 // the outputs, fill a torch-free Params struct and hand it to the CPU or CUDA kernels.
-#include <Python.h>
-
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -10,6 +8,7 @@
 #include <optional>
 #include <tuple>
 
+#include "../common/python_module.h"
 #include "../common/torch_utils.h"
 #include "attn_params.h"
 #include "cpu/attn_cpu.h"
@@ -40,6 +39,28 @@ DType to_dtype(at::ScalarType t) {
 
 Strides strides_of(const Tensor& t) {  // t is (B, H, N, X)
   return {stride_or_zero(t, 0), stride_or_zero(t, 1), stride_or_zero(t, 2)};
+}
+
+// Pointers and strides of the tensors a kernel reads or writes; the dtype follows q (the CPU
+// path passes its widened copies here).
+void set_qkv(AttnParams& p, const Tensor& q, const Tensor& k, const Tensor& v) {
+  p.dtype = to_dtype(q.scalar_type());
+  p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr();
+  p.q_stride = strides_of(q), p.k_stride = strides_of(k), p.v_stride = strides_of(v);
+}
+
+void set_grads(AttnBwdParams& p, const Tensor& grad_out, const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+  p.grad_out = grad_out.data_ptr(), p.grad_out_stride = strides_of(grad_out);
+  p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
+  p.dq_stride = strides_of(dq), p.dk_stride = strides_of(dk), p.dv_stride = strides_of(dv);
+}
+
+void set_decode_tensors(AttnDecodeParams& p, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o) {
+  p.dtype = to_dtype(q.scalar_type());
+  p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr(), p.o = o.data_ptr();
+  p.q_stride_b = stride_or_zero(q, 0), p.q_stride_h = stride_or_zero(q, 1);
+  p.k_stride_b = stride_or_zero(k, 0), p.k_stride_h = stride_or_zero(k, 1);
+  p.v_stride_b = stride_or_zero(v, 0), p.v_stride_h = stride_or_zero(v, 1);
 }
 
 // Host-side values are needed to validate a CUDA tensor; reading them synchronises, which
@@ -153,19 +174,13 @@ AttnInputs check_attn_inputs(const Tensor& q_in, const Tensor& k_in, const Tenso
   }
 
   AttnParams& p = in.params;
-  p.dtype = to_dtype(dt);
+  set_qkv(p, in.q, in.k, in.v);
   p.batch = q_in.size(0);
   p.heads = heads;
   p.seqlen = q_in.size(2);
   p.head_dim = d;
   p.value_dim = e;
   p.scale = scale;
-  p.q = in.q.data_ptr();
-  p.k = in.k.data_ptr();
-  p.v = in.v.data_ptr();
-  p.q_stride = strides_of(in.q);
-  p.k_stride = strides_of(in.k);
-  p.v_stride = strides_of(in.v);
   p.slope = slope ? in.slope.data_ptr<float>() : nullptr;
   p.cu_seqlens = cu_seqlens ? in.cu_seqlens.data_ptr<int64_t>() : nullptr;
   p.num_seqs = in.num_seqs;
@@ -222,13 +237,7 @@ std::tuple<Tensor, Tensor> attn(const Tensor& q, const Tensor& k, const Tensor& 
 #endif
   Tensor qc = cpu_compute_view(in.q), kc = cpu_compute_view(in.k), vc = cpu_compute_view(in.v);
   Tensor oc = o.scalar_type() == qc.scalar_type() ? o : at::empty_like(vc);
-  p.dtype = to_dtype(qc.scalar_type());
-  p.q = qc.data_ptr();
-  p.k = kc.data_ptr();
-  p.v = vc.data_ptr();
-  p.q_stride = strides_of(qc);
-  p.k_stride = strides_of(kc);
-  p.v_stride = strides_of(vc);
+  set_qkv(p, qc, kc, vc);
   p.o = oc.data_ptr();
   p.o_stride = strides_of(oc);
   run_cpu(in.num_seqs * heads, tokens_per_item(in) * (64 + d) * (d + e),
@@ -266,14 +275,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attn_backward(
 #ifdef WITH_CUDA
   if (q.is_cuda()) {
     c10::cuda::CUDAGuard guard(q.device());
-    p.grad_out = gout.data_ptr();
-    p.grad_out_stride = strides_of(gout);
-    p.dq = dq.data_ptr();
-    p.dk = dk.data_ptr();
-    p.dv = dv.data_ptr();
-    p.dq_stride = strides_of(dq);
-    p.dk_stride = strides_of(dk);
-    p.dv_stride = strides_of(dv);
+    set_grads(p, gout, dq, dk, dv);
     check_launch(attn_bwd_cuda(p, current_stream()), op);
     return {dq, dk, dv, d_init};
   }
@@ -284,21 +286,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attn_backward(
   Tensor dqc = widened ? at::empty_like(qc) : dq;
   Tensor dkc = widened ? at::empty_like(kc) : dk;
   Tensor dvc = widened ? at::empty_like(vc) : dv;
-  p.fwd.dtype = to_dtype(qc.scalar_type());
-  p.fwd.q = qc.data_ptr();
-  p.fwd.k = kc.data_ptr();
-  p.fwd.v = vc.data_ptr();
-  p.fwd.q_stride = strides_of(qc);
-  p.fwd.k_stride = strides_of(kc);
-  p.fwd.v_stride = strides_of(vc);
-  p.grad_out = gc.data_ptr();
-  p.grad_out_stride = strides_of(gc);
-  p.dq = dqc.data_ptr();
-  p.dk = dkc.data_ptr();
-  p.dv = dvc.data_ptr();
-  p.dq_stride = strides_of(dqc);
-  p.dk_stride = strides_of(dkc);
-  p.dv_stride = strides_of(dvc);
+  set_qkv(p.fwd, qc, kc, vc);
+  set_grads(p, gc, dqc, dkc, dvc);
   run_cpu(in.num_seqs * heads, 3 * tokens_per_item(in) * (64 + d) * (d + e),
           [&](int64_t b, int64_t e_) { attn_bwd_cpu(p, b, e_); });
   if (widened) {
@@ -350,34 +339,14 @@ Tensor attn_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& st
 #ifdef WITH_CUDA
   if (q.is_cuda()) {
     c10::cuda::CUDAGuard guard(q.device());
-    p.dtype = to_dtype(dt);
-    p.q = qa.data_ptr();
-    p.k = ka.data_ptr();
-    p.v = va.data_ptr();
-    p.o = o.data_ptr();
-    p.q_stride_b = stride_or_zero(qa, 0);
-    p.q_stride_h = stride_or_zero(qa, 1);
-    p.k_stride_b = stride_or_zero(ka, 0);
-    p.k_stride_h = stride_or_zero(ka, 1);
-    p.v_stride_b = stride_or_zero(va, 0);
-    p.v_stride_h = stride_or_zero(va, 1);
+    set_decode_tensors(p, qa, ka, va, o);
     check_launch(attn_decode_cuda(p, current_stream()), op);
     return o;
   }
 #endif
   Tensor qc = cpu_compute_view(qa), kc = cpu_compute_view(ka), vc = cpu_compute_view(va);
   Tensor oc = o.scalar_type() == qc.scalar_type() ? o : at::empty(o.sizes(), qc.options());
-  p.dtype = to_dtype(qc.scalar_type());
-  p.q = qc.data_ptr();
-  p.k = kc.data_ptr();
-  p.v = vc.data_ptr();
-  p.o = oc.data_ptr();
-  p.q_stride_b = stride_or_zero(qc, 0);
-  p.q_stride_h = stride_or_zero(qc, 1);
-  p.k_stride_b = stride_or_zero(kc, 0);
-  p.k_stride_h = stride_or_zero(kc, 1);
-  p.v_stride_b = stride_or_zero(vc, 0);
-  p.v_stride_h = stride_or_zero(vc, 1);
+  set_decode_tensors(p, qc, kc, vc, oc);
   run_cpu(batch * heads, d * e, [&](int64_t b, int64_t e_) { attn_decode_cpu(p, b, e_); });
   if (!oc.is_same(o)) o.copy_(oc);
   return o;
@@ -414,8 +383,4 @@ TORCH_LIBRARY_IMPL(lightning, CUDA, m) {
 
 }  // namespace lightning
 
-// `import lightning._C` only has to run the registrations above.
-extern "C" PyObject* PyInit__C() {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}
+LT_DEFINE_REGISTRATION_MODULE()

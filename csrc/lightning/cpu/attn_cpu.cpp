@@ -78,6 +78,21 @@ void mat_t_vec(const Acc* S, int rows, int cols, const Acc* vec, Acc* out) {
   for (int i = 0; i < rows; ++i) axpy(vec[i], S + i * cols, out, cols);
 }
 
+// S = lambda^m S + (diag(kd) K)^T V over the m rows of a block, kd[c] = lambda^(m-1-c).
+template <typename Acc>
+void advance_state(Acc* S, const std::vector<Acc>& pw, const Acc* K, const Acc* V, int m, int D, int E, Acc* kd) {
+  for (int c = 0; c < m; ++c) kd[c] = pw[m - 1 - c];
+  decayed_rank_update(S, D, E, pw[m], kd, K, V, m);
+}
+
+// The state of item `offset` from `init` (fp32, may be null: zeros).
+template <typename Acc>
+std::vector<Acc> initial_state_of(const float* init, int64_t offset, int D, int E) {
+  std::vector<Acc> S(static_cast<size_t>(D) * E, Acc(0));
+  if (init) std::copy(init + offset, init + offset + static_cast<int64_t>(D) * E, S.begin());
+  return S;
+}
+
 template <typename T, typename Acc>
 void store_row(const Acc* src, Acc scale, int width, T* dst) {
   for (int x = 0; x < width; ++x) dst[x] = static_cast<T>(scale * src[x]);
@@ -96,9 +111,7 @@ void attn_fwd_item(const AttnParams& p, int64_t item) {
   const std::vector<Acc> pw = decay_powers<Acc>(p.slope, head);
   const int64_t state_offset = static_cast<int64_t>(item) * D * E;
 
-  std::vector<Acc> S(static_cast<size_t>(D) * E, Acc(0));  // (D, E)
-  if (p.initial_state)
-    std::copy(p.initial_state + state_offset, p.initial_state + state_offset + D * E, S.begin());
+  std::vector<Acc> S = initial_state_of<Acc>(p.initial_state, state_offset, D, E);  // (D, E)
   std::vector<Acc> Q(kBlock * D), K(kBlock * D), V(kBlock * E), out(E), kd(kBlock);
 
   for (int64_t start = range.begin; start < range.end; start += kBlock) {
@@ -114,9 +127,7 @@ void attn_fwd_item(const AttnParams& p, int64_t item) {
       for (int c = 0; c <= r; ++c) axpy(pw[r - c] * dot(&Q[r * D], &K[c * D], D), &V[c * E], out.data(), E);
       store_row(out.data(), static_cast<Acc>(p.scale), E, o.row(start + r));
     }
-    // S = lambda^m S + (diag(kd) K)^T V, kd[c] = lambda^(m-1-c)
-    for (int c = 0; c < m; ++c) kd[c] = pw[m - 1 - c];
-    decayed_rank_update(S.data(), D, E, pw[m], kd.data(), K.data(), V.data(), m);
+    advance_state(S.data(), pw, K.data(), V.data(), m, D, E, kd.data());
   }
   if (p.final_state)
     for (int i = 0; i < D * E; ++i) p.final_state[state_offset + i] = static_cast<float>(S[i]);
@@ -140,14 +151,12 @@ void attn_bwd_item(const AttnBwdParams& bp, int64_t item) {
   const Acc scale = static_cast<Acc>(p.scale);
   const int64_t state_offset = static_cast<int64_t>(item) * D * E;
 
-  std::vector<Acc> S(static_cast<size_t>(D) * E, Acc(0));
+  std::vector<Acc> S = initial_state_of<Acc>(p.initial_state, state_offset, D, E);
   std::vector<Acc> Q(kBlock * D), K(kBlock * D), V(kBlock * E), dO(kBlock * E);
   std::vector<Acc> gq(D), gk(kBlock * D), gv(kBlock * E), kd(kBlock), qd(kBlock);
 
   // dQ in forward order, recomputing the state: dq_r = scale (sum_{c<=r} lambda^(r-c)
   // (do_r . v_c) k_c + lambda^(r+1) S do_r)
-  if (p.initial_state)
-    std::copy(p.initial_state + state_offset, p.initial_state + state_offset + D * E, S.begin());
   for (int64_t start = range.begin; start < range.end; start += kBlock) {
     const int m = static_cast<int>(std::min<int64_t>(kBlock, range.end - start));
     load_block(k, start, m, D, K.data());
@@ -159,8 +168,7 @@ void attn_bwd_item(const AttnBwdParams& bp, int64_t item) {
       for (int c = 0; c <= r; ++c) axpy(pw[r - c] * dot(&dO[r * E], &V[c * E], E), &K[c * D], gq.data(), D);
       store_row(gq.data(), scale, D, dq.row(start + r));
     }
-    for (int c = 0; c < m; ++c) kd[c] = pw[m - 1 - c];
-    decayed_rank_update(S.data(), D, E, pw[m], kd.data(), K.data(), V.data(), m);
+    advance_state(S.data(), pw, K.data(), V.data(), m, D, E, kd.data());
   }
 
   // dK, dV in reverse order with dS, the gradient of the state after the current block.
