@@ -30,7 +30,7 @@ $(VENV)/.built: $(VENV)/.installed $(SOURCES)
 	touch $@
 
 ctest: $(VENV)/.installed
-	cmake -S . -B build-cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
+	cmake -S . -B build-cmake -DCMAKE_BUILD_TYPE=Release $(if $(CUDA_HOME),-DCMAKE_CUDA_COMPILER=$(CUDA_HOME)/bin/nvcc) > /dev/null
 	cmake --build build-cmake -j $(MAX_JOBS) > /dev/null
 	cd build-cmake && ctest --output-on-failure
 
