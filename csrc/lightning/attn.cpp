@@ -73,6 +73,21 @@ bool can_read_values(const Tensor& t) {
   return true;
 }
 
+// q, k, v of one call: their rank, one device, one dtype, and a dtype the kernels have.
+void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, int64_t rank, const char* op) {
+  check_rank(q, rank, op, "q");
+  check_rank(k, rank, op, "k");
+  check_rank(v, rank, op, "v");
+  check_same_device(q, k, op, "q", "k");
+  check_same_device(q, v, op, "q", "v");
+  check_same_dtype(q, k, op, "q", "k");
+  check_same_dtype(q, v, op, "q", "v");
+  TORCH_CHECK(q.is_cpu() || q.is_cuda(), op, ": q must be a CPU or CUDA tensor, got ", q.device());
+  const auto dt = q.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || (dt == at::kDouble && q.is_cpu()), op,
+              ": q must be float32, float16 or bfloat16 (float64 on CPU), got ", dt);
+}
+
 void check_head_dim(int64_t dim, const char* op, const char* name) {
   TORCH_CHECK_VALUE(dim >= 16 && dim <= kMaxHeadDim && dim % 16 == 0, op, ": ", name,
                     " must be a multiple of 16 in [16, ", kMaxHeadDim, "], got ", dim);
@@ -133,19 +148,7 @@ struct AttnInputs {
 AttnInputs check_attn_inputs(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                              const optional<Tensor>& slope, const optional<Tensor>& initial_state,
                              const optional<Tensor>& cu_seqlens, double scale, const char* op) {
-  check_rank(q_in, 4, op, "q");
-  check_rank(k_in, 4, op, "k");
-  check_rank(v_in, 4, op, "v");
-  check_same_device(q_in, k_in, op, "q", "k");
-  check_same_device(q_in, v_in, op, "q", "v");
-  check_same_dtype(q_in, k_in, op, "q", "k");
-  check_same_dtype(q_in, v_in, op, "q", "v");
-  TORCH_CHECK(q_in.is_cpu() || q_in.is_cuda(), op, ": q must be a CPU or CUDA tensor, got ",
-              q_in.device());
-  const auto dt = q_in.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 ||
-                  (dt == at::kDouble && q_in.is_cpu()),
-              op, ": q must be float32, float16 or bfloat16 (float64 on CPU), got ", dt);
+  check_qkv(q_in, k_in, v_in, 4, op);
   TORCH_CHECK_VALUE(k_in.sizes() == q_in.sizes(), op, ": k must have the shape of q ",
                     q_in.sizes(), ", got ", k_in.sizes());
   TORCH_CHECK_VALUE(v_in.size(0) == q_in.size(0) && v_in.size(1) == q_in.size(1) &&
@@ -301,17 +304,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attn_backward(
 Tensor attn_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& state,
                    const optional<Tensor>& slope, double scale) {
   const char* op = "lightning.attn_decode";
-  check_rank(q, 3, op, "q");
-  check_rank(k, 3, op, "k");
-  check_rank(v, 3, op, "v");
-  check_same_device(q, k, op, "q", "k");
-  check_same_device(q, v, op, "q", "v");
-  check_same_dtype(q, k, op, "q", "k");
-  check_same_dtype(q, v, op, "q", "v");
-  const auto dt = q.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 ||
-                  (dt == at::kDouble && q.is_cpu()),
-              op, ": q must be float32, float16 or bfloat16 (float64 on CPU), got ", dt);
+  check_qkv(q, k, v, 3, op);
   TORCH_CHECK_VALUE(k.sizes() == q.sizes(), op, ": k must have the shape of q ", q.sizes(),
                     ", got ", k.sizes());
   TORCH_CHECK_VALUE(v.size(0) == q.size(0) && v.size(1) == q.size(1), op,
