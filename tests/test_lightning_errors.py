@@ -220,6 +220,13 @@ def test_decode_state_not_contiguous(device):
                  q, k, v, state)
 
 
+def test_decode_state_misaligned(device):
+    q, k, v = decode_inputs(device)
+    state = torch.randn(B * H * D * E + 1, device=device)[1:].view(B, H, D, E)  # 4 bytes in
+    expect_error(ValueError, r"state must start on a 16-byte boundary",
+                 lambda: lightning.attn_decode(q, k, v, state), q, k, v, state)
+
+
 def test_decode_bad_tokens(device):
     q, k, v = decode_inputs(device)
     state = torch.randn(B, H, D, E, device=device)

@@ -170,6 +170,9 @@ AttnInputs check_attn_inputs(const Tensor& q_in, const Tensor& k_in, const Tenso
     in.cu_seqlens = checked_cu_seqlens(*cu_seqlens, q_in, op);
     in.num_seqs = in.cu_seqlens.size(0) - 1;
   }
+  // The CUDA grid is (slices, heads, sequences): its y and z extents stop at 65535.
+  TORCH_CHECK(!q_in.is_cuda() || (in.num_seqs <= 65535 && heads <= 65535), op,
+              ": at most 65535 sequences and 65535 heads per call on CUDA, got ", in.num_seqs, " and ", heads);
   if (slope) in.slope = slope->contiguous();
   if (initial_state) {
     check_state(*initial_state, q_in, in.num_seqs, heads, d, e, op, "initial_state");
@@ -315,6 +318,9 @@ Tensor attn_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& st
   check_slope(slope, q, heads, op);
   check_state(state, q, batch, heads, d, e, op, "state");
   TORCH_CHECK_VALUE(state.is_contiguous(), op, ": state must be contiguous (it is updated in place)");
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(state.data_ptr()) % 16 == 0, op,
+                    ": state must start on a 16-byte boundary (a fresh tensor does; a view at an odd "
+                    "offset does not)");
 
   Tensor qa = with_aligned_rows(q), ka = with_aligned_rows(k), va = with_aligned_rows(v);
   Tensor slope_c = slope ? slope->contiguous() : Tensor();
