@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(ROOT, "csrc"))
 import build_config  # noqa: E402
 
+build_config.resolve_cuda_home()  # before torch.utils.cpp_extension reads it
 import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
@@ -54,7 +55,7 @@ def main():
     print(
         f"[setup] torch {torch.__version__}; FORCE_CUDA={os.environ.get('FORCE_CUDA', '0')} "
         f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '')} "
-        f"MAX_JOBS={os.environ.get('MAX_JOBS', '')} DEBUG={int(debug)}; "
+        f"MAX_JOBS={os.environ.get('MAX_JOBS', '')} DEBUG={int(debug)} CUDA_HOME={os.environ.get('CUDA_HOME', '')}; "
         + ("building CPU and CUDA kernels" if with_cuda else "nvcc not found: building CPU kernels only")
     )
     refuse_foreign_lightning()

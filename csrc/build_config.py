@@ -13,6 +13,40 @@ import subprocess
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _toolkit_root(path):
+    """The toolkit root above `path` if it holds the CUDA runtime headers, else None."""
+    root = os.path.realpath(path)
+    return root if os.path.isfile(os.path.join(root, "include", "cuda_runtime_api.h")) else None
+
+
+def resolve_cuda_home():
+    """Sets CUDA_HOME to the real toolkit root when the user did not.
+
+    torch guesses the root from the nvcc on PATH; where that nvcc is a wrapper script
+    (/usr/local/bin/nvcc here) the guess is /usr/local, which has no CUDA headers. nvcc
+    itself knows its root: `nvcc --dryrun` prints it as TOP. Call before importing
+    torch.utils.cpp_extension, which reads CUDA_HOME once.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = ["/usr/local/cuda"]
+    if nvcc:
+        candidates.insert(0, os.path.join(os.path.dirname(os.path.realpath(nvcc)), ".."))
+        try:
+            dry = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True,
+                                 check=False, timeout=60)
+            tops = [line.split("=", 1)[1] for line in dry.stderr.splitlines() if line.startswith("#$ TOP=")]
+            candidates = tops[:1] + [os.path.join(t, "..") for t in tops[:1]] + candidates
+        except (OSError, subprocess.SubprocessError):
+            pass
+    for c in candidates:
+        root = _toolkit_root(c)
+        if root:
+            os.environ["CUDA_HOME"] = root
+            return
+
+
 def cuda_enabled():
     """CUDA sources are built when nvcc is found or FORCE_CUDA=1; no GPU is ever probed."""
     if os.environ.get("FORCE_CUDA", "0") == "1":
@@ -74,6 +108,7 @@ def link_args():
 def jit_load(name):
     """Builds csrc/<name> with torch.utils.cpp_extension.load and loads it as a plain library
     (the op registrations are what matter, not a Python module)."""
+    resolve_cuda_home()
     from torch.utils.cpp_extension import load
 
     with_cuda = cuda_enabled()
