@@ -7,7 +7,7 @@ Switches (environment variables, all printed at start):
   DEBUG=1                 -O0 -g
 """
 
-import importlib.util
+import importlib.machinery
 import os
 import sys
 
@@ -26,15 +26,16 @@ OWN_MARKER = "lightning_im2win_kernels"  # written into lightning/__init__.py
 
 def refuse_foreign_lightning():
     """PyTorch Lightning also installs an import package named `lightning`; installing over
-    it would break both. Refuse unless the installed one is ours."""
+    it would break both. Refuse unless the installed one is ours. An isolated build (plain
+    `pip install .`) cannot see the target environment: there the check cannot run."""
     if "install" not in sys.argv and "bdist_wheel" not in sys.argv and "develop" not in sys.argv:
         return
     if any(a.startswith("--target") for a in sys.argv):
         return
-    spec = importlib.util.find_spec("lightning")
+    # Look past this checkout (the current directory is on sys.path while setup.py runs).
+    paths = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != ROOT]
+    spec = importlib.machinery.PathFinder.find_spec("lightning", paths)
     if spec is None or spec.origin is None:
-        return
-    if os.path.dirname(os.path.abspath(spec.origin)) == os.path.join(ROOT, "lightning"):
         return
     with open(spec.origin, encoding="utf-8", errors="replace") as f:
         if OWN_MARKER in f.read():

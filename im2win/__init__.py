@@ -2,9 +2,11 @@
 operator, torch.ops.im2win.conv2d, with CPU and CUDA kernels; a drop-in for F.conv2d.
 """
 
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 try:
     from . import _C  # noqa: F401  (built ahead of time by setup.py)
-except ImportError:  # a checkout without a build: compile the same sources just in time
+except ModuleNotFoundError:  # a checkout without a build: compile the same sources just in time
     import os as _os, sys as _sys
 
     _sys.path.insert(0, _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "..", "csrc"))

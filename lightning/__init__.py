@@ -4,9 +4,11 @@ PyTorch operator, torch.ops.lightning.attn, with CPU and CUDA kernels.
 (lightning_im2win_kernels: this marker tells setup.py that this `lightning` is ours.)
 """
 
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 try:
     from . import _C  # noqa: F401  (built ahead of time by setup.py)
-except ImportError:  # a checkout without a build: compile the same sources just in time
+except ModuleNotFoundError:  # a checkout without a build: compile the same sources just in time
     import os as _os, sys as _sys
 
     _sys.path.insert(0, _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "..", "csrc"))
