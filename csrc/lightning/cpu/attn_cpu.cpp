@@ -1,47 +1,20 @@
-// CPU kernels of lightning::attn: the blockwise algorithm of DESIGN.md section 2, one
-// (sequence, head) work item at a time, with the state S (D x E) and all sums in the
-// accumulator type (float for float data, double for double).
+// CPU kernels of lightning::attn: the decayed sweep of ../sweep_params.h, blockwise as in
+// DESIGN.md section 2, one (sequence, head) work item at a time. The forward is one sweep and
+// the backward three, exactly the sweeps the GPU runs, so these kernels also check the
+// operand roles the CUDA path uses. The state and all sums are in the accumulator type
+// (float for float data, double for double).
 #include "attn_cpu.h"
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "../sweep_params.h"
+
 namespace lightning {
 namespace {
 
 constexpr int kBlock = 64;
-
-// A strided (N, X) slice of one (batch, head) of a (B, H, N, X) tensor.
-template <typename T>
-struct RowView {
-  T* base;
-  int64_t stride_n;
-  T* row(int64_t n) const { return base + n * stride_n; }
-};
-
-template <typename T>
-RowView<T> head_rows(const void* data, const Strides& s, int64_t b, int64_t h) {
-  return {static_cast<T*>(const_cast<void*>(data)) + b * s.b + h * s.h, s.n};
-}
-
-// powers[i] = lambda^i = exp(-s i), i in [0, kBlock]: every exponent stays <= 0.
-template <typename Acc>
-std::vector<Acc> decay_powers(const float* slope, int head) {
-  const Acc s = slope ? static_cast<Acc>(slope[head]) : Acc(0);
-  std::vector<Acc> powers(kBlock + 1);
-  for (int i = 0; i <= kBlock; ++i) powers[i] = std::exp(-s * i);
-  return powers;
-}
-
-// Copies rows [start, start + m) of a strided slice into a dense (m, width) buffer.
-template <typename T, typename Acc>
-void load_block(const RowView<T>& src, int64_t start, int m, int width, Acc* dst) {
-  for (int r = 0; r < m; ++r) {
-    const T* row = src.row(start + r);
-    for (int x = 0; x < width; ++x) dst[r * width + x] = static_cast<Acc>(row[x]);
-  }
-}
 
 template <typename Acc>
 Acc dot(const Acc* a, const Acc* b, int n) {
@@ -50,162 +23,94 @@ Acc dot(const Acc* a, const Acc* b, int n) {
   return sum;
 }
 
-// y[x] += alpha * v[x]
+// y += alpha * x
 template <typename Acc>
-void axpy(Acc alpha, const Acc* v, Acc* y, int n) {
-  for (int i = 0; i < n; ++i) y[i] += alpha * v[i];
+void axpy(Acc alpha, const Acc* x, Acc* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// S = decay * S + sum_c weights[c] a_c b_c^T over the m rows of a (m, rows) and b (m, cols).
-template <typename Acc>
-void decayed_rank_update(Acc* S, int rows, int cols, Acc decay, const Acc* weights, const Acc* a,
-                         const Acc* b, int m) {
-  for (int i = 0; i < rows * cols; ++i) S[i] *= decay;
-  for (int c = 0; c < m; ++c)
-    for (int i = 0; i < rows; ++i) axpy(weights[c] * a[c * rows + i], b + c * cols, S + i * cols, cols);
-}
+// The rows of one work item in sweep order: where sequence `seq`, head `head` keeps row r of
+// block blk, for any (B, H, N, X) operand.
+struct ItemRows {
+  int64_t batch, head, begin, length;
+  bool reverse;
 
-// out[i] = sum_x S[i][x] vec[x]  (S is rows x cols)
-template <typename Acc>
-void mat_vec(const Acc* S, int rows, int cols, const Acc* vec, Acc* out) {
-  for (int i = 0; i < rows; ++i) out[i] = dot(S + i * cols, vec, cols);
-}
-
-// out[x] = sum_i S[i][x] vec[i]
-template <typename Acc>
-void mat_t_vec(const Acc* S, int rows, int cols, const Acc* vec, Acc* out) {
-  std::fill(out, out + cols, Acc(0));
-  for (int i = 0; i < rows; ++i) axpy(vec[i], S + i * cols, out, cols);
-}
-
-// S = lambda^m S + (diag(kd) K)^T V over the m rows of a block, kd[c] = lambda^(m-1-c).
-template <typename Acc>
-void advance_state(Acc* S, const std::vector<Acc>& pw, const Acc* K, const Acc* V, int m, int D, int E, Acc* kd) {
-  for (int c = 0; c < m; ++c) kd[c] = pw[m - 1 - c];
-  decayed_rank_update(S, D, E, pw[m], kd, K, V, m);
-}
-
-// The state of item `offset` from `init` (fp32, may be null: zeros).
-template <typename Acc>
-std::vector<Acc> initial_state_of(const float* init, int64_t offset, int D, int E) {
-  std::vector<Acc> S(static_cast<size_t>(D) * E, Acc(0));
-  if (init) std::copy(init + offset, init + offset + static_cast<int64_t>(D) * E, S.begin());
-  return S;
-}
+  ItemRows(const SweepParams& p, int64_t item) : head(item % p.heads), reverse(p.reverse) {
+    const int seq = static_cast<int>(item / p.heads);
+    const SeqRange r = seq_range(p.cu_seqlens, p.seqlen, seq);
+    batch = p.cu_seqlens ? 0 : seq;
+    begin = r.begin;
+    length = r.end - r.begin;
+  }
+  int64_t token(int64_t local) const { return reverse ? begin + length - 1 - local : begin + local; }
+  template <typename T>
+  T* row(const void* base, const Strides& s, int64_t local) const {
+    return static_cast<T*>(const_cast<void*>(base)) + batch * s.b + head * s.h + token(local) * s.n;
+  }
+};
 
 template <typename T, typename Acc>
-void store_row(const Acc* src, Acc scale, int width, T* dst) {
-  for (int x = 0; x < width; ++x) dst[x] = static_cast<T>(scale * src[x]);
+void load_rows(const ItemRows& rows, const void* base, const Strides& s, int64_t start, int m, int width, Acc* dst) {
+  for (int r = 0; r < m; ++r) {
+    const T* src = rows.row<const T>(base, s, start + r);
+    for (int x = 0; x < width; ++x) dst[r * width + x] = static_cast<Acc>(src[x]);
+  }
 }
 
 template <typename T>
-void attn_fwd_item(const AttnParams& p, int64_t item) {
+void sweep_item(const SweepParams& p, int64_t item) {
   using Acc = T;
-  const int seq = item / p.heads, head = item % p.heads, D = p.head_dim, E = p.value_dim;
-  const int64_t b = p.cu_seqlens ? 0 : seq;
-  const SeqRange range = seq_range(p.cu_seqlens, p.seqlen, seq);
-  const auto q = head_rows<T>(p.q, p.q_stride, b, head);
-  const auto k = head_rows<T>(p.k, p.k_stride, b, head);
-  const auto v = head_rows<T>(p.v, p.v_stride, b, head);
-  const auto o = head_rows<T>(p.o, p.o_stride, b, head);
-  const std::vector<Acc> pw = decay_powers<Acc>(p.slope, head);
-  const int64_t state_offset = static_cast<int64_t>(item) * D * E;
+  const int A = p.width_ab, C = p.width_c;
+  const ItemRows rows(p, item);
+  // decay[i] = lambda^i, every exponent <= 0; `shift` as in the GPU kernel (SweepSeq):
+  // reverse sweeps start from the gradient of the state after the last token.
+  const Acc s = p.slope ? static_cast<Acc>(p.slope[rows.head]) : Acc(0);
+  std::vector<Acc> decay(kBlock + 1);
+  for (int i = 0; i <= kBlock; ++i) decay[i] = std::exp(-s * i);
+  const int shift = p.reverse ? 1 : 0;
+  const Acc out_scale = static_cast<Acc>(p.out_scale), inter_scale = static_cast<Acc>(p.inter_scale);
+  const Acc state_scale = static_cast<Acc>(p.state_scale);
 
-  std::vector<Acc> S = initial_state_of<Acc>(p.initial_state, state_offset, D, E);  // (D, E)
-  std::vector<Acc> Q(kBlock * D), K(kBlock * D), V(kBlock * E), out(E), kd(kBlock);
+  std::vector<Acc> S(static_cast<size_t>(A) * C, Acc(0));  // (A, C)
+  if (const StateView& v = p.init_state; v.ptr)
+    for (int i = 0; i < A; ++i)
+      for (int j = 0; j < C; ++j) S[i * C + j] = v.ptr[item * v.item_stride + i * v.row + j * v.col];
+  std::vector<Acc> a(kBlock * A), b(kBlock * A), c(kBlock * C), out(C), weight(kBlock);
 
-  for (int64_t start = range.begin; start < range.end; start += kBlock) {
-    const int m = static_cast<int>(std::min<int64_t>(kBlock, range.end - start));
-    load_block(q, start, m, D, Q.data());
-    load_block(k, start, m, D, K.data());
-    load_block(v, start, m, E, V.data());
+  for (int64_t start = 0; start < rows.length; start += kBlock) {
+    const int m = static_cast<int>(std::min<int64_t>(kBlock, rows.length - start));
+    load_rows<T>(rows, p.a, p.a_stride, start, m, A, a.data());
+    load_rows<T>(rows, p.b, p.b_stride, start, m, A, b.data());
+    load_rows<T>(rows, p.c, p.c_stride, start, m, C, c.data());
     for (int r = 0; r < m; ++r) {
-      // inter block: lambda^(r+1) S^T q_r, through the state of the blocks before
-      mat_t_vec(S.data(), D, E, &Q[r * D], out.data());
-      for (int x = 0; x < E; ++x) out[x] *= pw[r + 1];
-      // intra block: sum_{c<=r} lambda^(r-c) (q_r . k_c) v_c
-      for (int c = 0; c <= r; ++c) axpy(pw[r - c] * dot(&Q[r * D], &K[c * D], D), &V[c * E], out.data(), E);
-      store_row(out.data(), static_cast<Acc>(p.scale), E, o.row(start + r));
+      // inter block: inter_scale * lambda^(r+1-shift) S^T a_r
+      std::fill(out.begin(), out.end(), Acc(0));
+      for (int i = 0; i < A; ++i) axpy(a[r * A + i], &S[i * C], out.data(), C);
+      for (int x = 0; x < C; ++x) out[x] *= inter_scale * decay[r + 1 - shift];
+      // intra block: out_scale * sum_{c<=r} lambda^(r-c) (a_r . b_c) c_c
+      for (int k = 0; k <= r; ++k)
+        axpy(out_scale * decay[r - k] * dot(&a[r * A], &b[k * A], A), &c[k * C], out.data(), C);
+      T* dst = rows.row<T>(p.out, p.out_stride, start + r);
+      for (int x = 0; x < C; ++x) dst[x] = static_cast<T>(out[x]);
     }
-    advance_state(S.data(), pw, K.data(), V.data(), m, D, E, kd.data());
+    // S = lambda^m S + state_scale * sum_c lambda^(m-1-c+shift) b_c c_c^T
+    for (int k = 0; k < m; ++k) weight[k] = state_scale * decay[m - 1 - k + shift];
+    for (Acc& x : S) x *= decay[m];
+    for (int k = 0; k < m; ++k)
+      for (int i = 0; i < A; ++i) axpy(weight[k] * b[k * A + i], &c[k * C], &S[i * C], C);
   }
-  if (p.final_state)
-    for (int i = 0; i < D * E; ++i) p.final_state[state_offset + i] = static_cast<float>(S[i]);
+  if (const StateView& v = p.final_state; v.ptr)
+    for (int i = 0; i < A; ++i)
+      for (int j = 0; j < C; ++j) v.ptr[item * v.item_stride + i * v.row + j * v.col] = static_cast<float>(S[i * C + j]);
 }
 
-template <typename T>
-void attn_bwd_item(const AttnBwdParams& bp, int64_t item) {
-  using Acc = T;
-  const AttnParams& p = bp.fwd;
-  const int seq = item / p.heads, head = item % p.heads, D = p.head_dim, E = p.value_dim;
-  const int64_t b = p.cu_seqlens ? 0 : seq;
-  const SeqRange range = seq_range(p.cu_seqlens, p.seqlen, seq);
-  const auto q = head_rows<T>(p.q, p.q_stride, b, head);
-  const auto k = head_rows<T>(p.k, p.k_stride, b, head);
-  const auto v = head_rows<T>(p.v, p.v_stride, b, head);
-  const auto dout = head_rows<T>(bp.grad_out, bp.grad_out_stride, b, head);
-  const auto dq = head_rows<T>(bp.dq, bp.dq_stride, b, head);
-  const auto dk = head_rows<T>(bp.dk, bp.dk_stride, b, head);
-  const auto dv = head_rows<T>(bp.dv, bp.dv_stride, b, head);
-  const std::vector<Acc> pw = decay_powers<Acc>(p.slope, head);
-  const Acc scale = static_cast<Acc>(p.scale);
-  const int64_t state_offset = static_cast<int64_t>(item) * D * E;
-
-  std::vector<Acc> S = initial_state_of<Acc>(p.initial_state, state_offset, D, E);
-  std::vector<Acc> Q(kBlock * D), K(kBlock * D), V(kBlock * E), dO(kBlock * E);
-  std::vector<Acc> gq(D), gk(kBlock * D), gv(kBlock * E), kd(kBlock), qd(kBlock);
-
-  // dQ in forward order, recomputing the state: dq_r = scale (sum_{c<=r} lambda^(r-c)
-  // (do_r . v_c) k_c + lambda^(r+1) S do_r)
-  for (int64_t start = range.begin; start < range.end; start += kBlock) {
-    const int m = static_cast<int>(std::min<int64_t>(kBlock, range.end - start));
-    load_block(k, start, m, D, K.data());
-    load_block(v, start, m, E, V.data());
-    load_block(dout, start, m, E, dO.data());
-    for (int r = 0; r < m; ++r) {
-      mat_vec(S.data(), D, E, &dO[r * E], gq.data());
-      for (int x = 0; x < D; ++x) gq[x] *= pw[r + 1];
-      for (int c = 0; c <= r; ++c) axpy(pw[r - c] * dot(&dO[r * E], &V[c * E], E), &K[c * D], gq.data(), D);
-      store_row(gq.data(), scale, D, dq.row(start + r));
-    }
-    advance_state(S.data(), pw, K.data(), V.data(), m, D, E, kd.data());
+void sweep_items(const SweepParams& p, int64_t begin, int64_t end) {
+  for (int64_t item = begin; item < end; ++item) {
+    if (p.dtype == DType::kFloat64)
+      sweep_item<double>(p, item);
+    else
+      sweep_item<float>(p, item);
   }
-
-  // dK, dV in reverse order with dS, the gradient of the state after the current block.
-  std::fill(S.begin(), S.end(), Acc(0));
-  if (bp.grad_final_state)
-    std::copy(bp.grad_final_state + state_offset, bp.grad_final_state + state_offset + D * E, S.begin());
-  const int64_t length = range.end - range.begin;
-  for (int64_t start = range.begin + (length > 0 ? (length - 1) / kBlock * kBlock : 0);
-       start >= range.begin && length > 0; start -= kBlock) {
-    const int m = static_cast<int>(std::min<int64_t>(kBlock, range.end - start));
-    load_block(q, start, m, D, Q.data());
-    load_block(k, start, m, D, K.data());
-    load_block(v, start, m, E, V.data());
-    load_block(dout, start, m, E, dO.data());
-    for (int c = 0; c < m; ++c) {
-      // inter: dk_c = lambda^(m-1-c) dS v_c; dv_c = lambda^(m-1-c) dS^T k_c
-      Acc* gk_c = &gk[c * D];
-      Acc* gv_c = &gv[c * E];
-      mat_vec(S.data(), D, E, &V[c * E], gk_c);
-      mat_t_vec(S.data(), D, E, &K[c * D], gv_c);
-      for (int x = 0; x < D; ++x) gk_c[x] *= pw[m - 1 - c];
-      for (int x = 0; x < E; ++x) gv_c[x] *= pw[m - 1 - c];
-      // intra: dk_c += scale sum_{r>=c} lambda^(r-c) (do_r . v_c) q_r;
-      //        dv_c += scale sum_{r>=c} lambda^(r-c) (q_r . k_c) do_r
-      for (int r = c; r < m; ++r) {
-        axpy(scale * pw[r - c] * dot(&dO[r * E], &V[c * E], E), &Q[r * D], gk_c, D);
-        axpy(scale * pw[r - c] * dot(&Q[r * D], &K[c * D], D), &dO[r * E], gv_c, E);
-      }
-      store_row(gk_c, Acc(1), D, dk.row(start + c));
-      store_row(gv_c, Acc(1), E, dv.row(start + c));
-    }
-    // dS = lambda^m dS + scale (diag(qd) Q)^T dO, qd[r] = lambda^(r+1)
-    for (int r = 0; r < m; ++r) qd[r] = scale * pw[r + 1];
-    decayed_rank_update(S.data(), D, E, pw[m], qd.data(), Q.data(), dO.data(), m);
-  }
-  if (bp.grad_initial_state)
-    for (int i = 0; i < D * E; ++i) bp.grad_initial_state[state_offset + i] = static_cast<float>(S[i]);
 }
 
 template <typename T>
@@ -226,35 +131,26 @@ void attn_decode_item(const AttnDecodeParams& p, int64_t item) {
       out[x] += s * static_cast<Acc>(q[i]);
     }
   }
-  store_row(out.data(), static_cast<Acc>(p.scale), E, o);
-}
-
-template <typename Fn>
-void for_items(int64_t begin, int64_t end, Fn fn) {
-  for (int64_t item = begin; item < end; ++item) fn(item);
+  for (int x = 0; x < E; ++x) o[x] = static_cast<T>(static_cast<Acc>(p.scale) * out[x]);
 }
 
 }  // namespace
 
 void attn_fwd_cpu(const AttnParams& p, int64_t item_begin, int64_t item_end) {
-  if (p.dtype == DType::kFloat64)
-    for_items(item_begin, item_end, [&](int64_t i) { attn_fwd_item<double>(p, i); });
-  else
-    for_items(item_begin, item_end, [&](int64_t i) { attn_fwd_item<float>(p, i); });
+  sweep_items(forward_sweep(p), item_begin, item_end);
 }
 
 void attn_bwd_cpu(const AttnBwdParams& p, int64_t item_begin, int64_t item_end) {
-  if (p.fwd.dtype == DType::kFloat64)
-    for_items(item_begin, item_end, [&](int64_t i) { attn_bwd_item<double>(p, i); });
-  else
-    for_items(item_begin, item_end, [&](int64_t i) { attn_bwd_item<float>(p, i); });
+  for (const SweepParams& s : backward_sweeps(p)) sweep_items(s, item_begin, item_end);
 }
 
 void attn_decode_cpu(const AttnDecodeParams& p, int64_t item_begin, int64_t item_end) {
-  if (p.dtype == DType::kFloat64)
-    for_items(item_begin, item_end, [&](int64_t i) { attn_decode_item<double>(p, i); });
-  else
-    for_items(item_begin, item_end, [&](int64_t i) { attn_decode_item<float>(p, i); });
+  for (int64_t item = item_begin; item < item_end; ++item) {
+    if (p.dtype == DType::kFloat64)
+      attn_decode_item<double>(p, item);
+    else
+      attn_decode_item<float>(p, item);
+  }
 }
 
 }  // namespace lightning

@@ -59,6 +59,8 @@ __global__ void __launch_bounds__(Tr::kThreads) sweep_ffma_kernel(const __grid_c
     return;
   }
   const int width = p.width_ab;
+  const float out_scale = static_cast<float>(p.out_scale), inter_scale = static_cast<float>(p.inter_scale);
+  const float state_scale = static_cast<float>(p.state_scale);
   const int j = threadIdx.x % Tr::kSliceC;               // this thread's column of c / out / S
   constexpr int kRowStep = Tr::kThreads / Tr::kSliceC;
 
@@ -78,7 +80,7 @@ __global__ void __launch_bounds__(Tr::kThreads) sweep_ffma_kernel(const __grid_c
       float dot = 0.f;
       if (c <= r)
         for (int i = 0; i < width; ++i) dot = fmaf(sa[r * Tr::kLdAB + i], sb[c * Tr::kLdAB + i], dot);
-      sp[r * Tr::kLdP + c] = dot * causal_decay(decay, p.out_scale, r, c);
+      sp[r * Tr::kLdP + c] = dot * causal_decay(decay, out_scale, r, c);
     }
     __syncthreads();
 
@@ -88,7 +90,7 @@ __global__ void __launch_bounds__(Tr::kThreads) sweep_ffma_kernel(const __grid_c
       for (int i = 0; i < width; ++i) inter = fmaf(sa[r * Tr::kLdAB + i], s_state[i * Tr::kSliceC + j], inter);
       for (int c = 0; c <= r; ++c) intra = fmaf(sp[r * Tr::kLdP + c], sc[c * Tr::kLdC + j], intra);
       if (seq.c0 + j < p.width_c)
-        seq.row<float>(p.out, p.out_stride, seq.token(blk, r))[seq.c0 + j] = p.inter_scale * seq.inter_decay(decay, r) * inter + intra;
+        seq.row<float>(p.out, p.out_stride, seq.token(blk, r))[seq.c0 + j] = inter_scale * seq.inter_decay(decay, r) * inter + intra;
     }
     __syncthreads();  // every thread has read S
 
@@ -96,7 +98,7 @@ __global__ void __launch_bounds__(Tr::kThreads) sweep_ffma_kernel(const __grid_c
     for (int i = threadIdx.x / Tr::kSliceC; i < width; i += kRowStep) {
       float update = 0.f;
       for (int c = 0; c < m; ++c)
-        update = fmaf(seq.key_decay(decay, p.state_scale, m, c) * sb[c * Tr::kLdAB + i], sc[c * Tr::kLdC + j], update);
+        update = fmaf(seq.key_decay(decay, state_scale, m, c) * sb[c * Tr::kLdAB + i], sc[c * Tr::kLdC + j], update);
       s_state[i * Tr::kSliceC + j] = decay[m] * s_state[i * Tr::kSliceC + j] + update;
     }
   }

@@ -128,8 +128,8 @@ __device__ __forceinline__ void sweep_output_rows(const SweepParams& p, const Sw
 
   // ---- O = diag(inter_scale * qd) rO + ((A * D) c_t), out_scale folded into D
   const int r_lo = row0 + g, r_hi = r_lo + 8;
-  const float qd_lo = p.inter_scale * seq.inter_decay(decay, r_lo);
-  const float qd_hi = p.inter_scale * seq.inter_decay(decay, r_hi);
+  const float inter_scale = static_cast<float>(p.inter_scale), out_scale = static_cast<float>(p.out_scale);
+  const float qd_lo = inter_scale * seq.inter_decay(decay, r_lo), qd_hi = inter_scale * seq.inter_decay(decay, r_hi);
 #pragma unroll
   for (int n = 0; n < Tr::kCTiles; ++n) {
     rO[n][0] *= qd_lo, rO[n][1] *= qd_lo;
@@ -138,10 +138,10 @@ __device__ __forceinline__ void sweep_output_rows(const SweepParams& p, const Sw
 #pragma unroll
   for (int n = 0; n < 8; ++n) {
     const int c = n * 8 + 2 * t;
-    rA[n][0] *= causal_decay(decay, p.out_scale, r_lo, c);
-    rA[n][1] *= causal_decay(decay, p.out_scale, r_lo, c + 1);
-    rA[n][2] *= causal_decay(decay, p.out_scale, r_hi, c);
-    rA[n][3] *= causal_decay(decay, p.out_scale, r_hi, c + 1);
+    rA[n][0] *= causal_decay(decay, out_scale, r_lo, c);
+    rA[n][1] *= causal_decay(decay, out_scale, r_lo, c + 1);
+    rA[n][2] *= causal_decay(decay, out_scale, r_hi, c);
+    rA[n][3] *= causal_decay(decay, out_scale, r_hi, c + 1);
   }
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
@@ -170,7 +170,7 @@ __device__ __forceinline__ void sweep_update_state(float (&rS)[Tr::kStateMTiles]
                                                    const float* decay, int s_row0, int lane) {
   using namespace tile;
   const int t = lane % 4;
-  const float block_decay = decay[m];
+  const float block_decay = decay[m], state_scale = static_cast<float>(p.state_scale);
 #pragma unroll
   for (int mt = 0; mt < Tr::kStateMTiles; ++mt)
 #pragma unroll
@@ -182,9 +182,8 @@ __device__ __forceinline__ void sweep_update_state(float (&rS)[Tr::kStateMTiles]
   for (int kt = 0; kt < 4; ++kt) {
     if (kt * 16 >= m) break;
     const int key = kt * 16 + 2 * t;
-    const float2 kd_lo = {seq.key_decay(decay, p.state_scale, m, key), seq.key_decay(decay, p.state_scale, m, key + 1)};
-    const float2 kd_hi = {seq.key_decay(decay, p.state_scale, m, key + 8),
-                          seq.key_decay(decay, p.state_scale, m, key + 9)};
+    const float2 kd_lo = {seq.key_decay(decay, state_scale, m, key), seq.key_decay(decay, state_scale, m, key + 1)};
+    const float2 kd_hi = {seq.key_decay(decay, state_scale, m, key + 8), seq.key_decay(decay, state_scale, m, key + 9)};
     FragA fb[Tr::kStateMTiles];
 #pragma unroll
     for (int mt = 0; mt < Tr::kStateMTiles; ++mt) {
