@@ -70,19 +70,31 @@ void fwd_block(const Conv2dParams& p, const Shape& s, const T* window, int64_t n
     bias[lane] = static_cast<const T*>(p.bias)[ko.first + lane];
   const int64_t c0 = ko.group * s.group_in;
   T* out = static_cast<T*>(p.output) + n * p.out_stride.n + ko.first * p.out_stride.c;
+  // kCols output columns at a time: each filter vector loaded serves kCols windows.
+  constexpr int kCols = 4;
   for (int oh = 0; oh < p.out_h; ++oh)
-    for (int ow = 0; ow < p.out_w; ++ow) {
-      T acc[kLanes];
-      std::copy_n(bias, kLanes, acc);
+    for (int ow0 = 0; ow0 < p.out_w; ow0 += kCols) {
+      const int cols = std::min<int>(kCols, p.out_w - ow0);
+      T acc[kCols][kLanes];
+      for (int col = 0; col < kCols; ++col) std::copy_n(bias, kLanes, acc[col]);
       for (int64_t cl = 0; cl < s.group_in; ++cl) {
-        const T* win = s.row(window, p, n, c0 + cl, oh) + ow * s.runs.next_col;
+        const T* win = s.row(window, p, n, c0 + cl, oh) + ow0 * s.runs.next_col;
         const T* f = filters.data() + cl * s.window * kLanes;
-        cpu::for_each_window_value(s.runs, [&](int64_t j, int64_t offset) {
-          cpu::lanes_fma(acc, win[offset], f + j * kLanes);
-        });
+        if (cols == kCols) {
+          cpu::for_each_window_value(s.runs, [&](int64_t j, int64_t offset) {
+            for (int col = 0; col < kCols; ++col)
+              cpu::lanes_fma(acc[col], win[col * s.runs.next_col + offset], f + j * kLanes);
+          });
+        } else {
+          cpu::for_each_window_value(s.runs, [&](int64_t j, int64_t offset) {
+            for (int col = 0; col < cols; ++col)
+              cpu::lanes_fma(acc[col], win[col * s.runs.next_col + offset], f + j * kLanes);
+          });
+        }
       }
-      for (int lane = 0; lane < ko.count; ++lane)
-        out[lane * p.out_stride.c + oh * p.out_stride.h + ow * p.out_stride.w] = acc[lane];
+      for (int col = 0; col < cols; ++col)
+        for (int lane = 0; lane < ko.count; ++lane)
+          out[lane * p.out_stride.c + oh * p.out_stride.h + (ow0 + col) * p.out_stride.w] = acc[col][lane];
     }
 }
 
