@@ -3,6 +3,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 
 #include <string>
 
@@ -48,6 +51,21 @@ inline at::Tensor with_aligned_rows(const at::Tensor& t) {
 // meaningless and may be anything in a view).
 inline int64_t stride_or_zero(const at::Tensor& t, int64_t i) {
   return t.size(i) == 1 ? 0 : t.stride(i);
+}
+
+// CPU kernels compute in float (or double); half types are widened once here and the
+// results rounded once on the way out.
+inline at::Tensor cpu_compute_view(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat ? t : t.to(at::kFloat);
+}
+
+// Spreads `items` work items of `item_work` multiply-adds (or copies) each over threads, at
+// least ATen's grain of work per chunk: below it another thread costs more than it saves.
+template <typename Kernel>
+void run_cpu(int64_t items, int64_t item_work, Kernel kernel) {
+  constexpr int64_t kMinTaskWork = 32768;  // at::internal::GRAIN_SIZE
+  const int64_t grain = std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(item_work, 1));
+  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) { kernel(begin, end); });
 }
 
 }  // namespace torch_utils

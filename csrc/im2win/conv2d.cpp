@@ -147,24 +147,6 @@ Tensor empty_like_format(at::IntArrayRef sizes, const Tensor& input) {
   return at::empty(sizes, input.options().memory_format(input.suggest_memory_format()));
 }
 
-// CPU kernels compute in float (or double); half types are widened once here and the
-// results rounded once on the way out.
-Tensor cpu_compute_view(const Tensor& t) {
-  return t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat ? t
-                                                                          : t.to(at::kFloat);
-}
-
-// Work (multiply-adds or copies) below which another thread costs more than it saves
-// (ATen's own grain size): small convolutions run on the calling thread.
-constexpr int64_t kMinTaskWork = 32768;
-
-// Spreads `items` work items of `item_work` each over threads.
-template <typename Kernel>
-void run_cpu(int64_t items, int64_t item_work, Kernel kernel) {
-  const int64_t grain = std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(item_work, 1));
-  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) { kernel(begin, end); });
-}
-
 // Values of the window tensor of one channel of one image, Ihat[n][c].
 int64_t window_plane_elems(const Im2winParams& w) {
   return int64_t(w.out_h) * w.padded_w * w.kernel_h;

@@ -197,23 +197,8 @@ AttnInputs check_attn_inputs(const Tensor& q_in, const Tensor& k_in, const Tenso
   return in;
 }
 
-// CPU kernels compute in float (or double); half types are widened once here and the
-// results rounded once on the way out.
-Tensor cpu_compute_view(const Tensor& t) {
-  return t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat ? t
-                                                                          : t.to(at::kFloat);
-}
-
 int64_t tokens_per_item(const AttnInputs& in) {
   return in.cu_seqlens.defined() ? in.params.seqlen / std::max<int64_t>(1, in.num_seqs) : in.params.seqlen;
-}
-
-// Spreads (sequence, head) items over threads, at least ~1M multiply-adds per chunk: waking
-// threads for tiny problems (gradcheck, decode of one token) costs more than it saves.
-template <typename Kernel>
-void run_cpu(int64_t items, int64_t work_per_item, Kernel kernel) {
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, work_per_item));
-  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) { kernel(begin, end); });
 }
 
 std::tuple<Tensor, Tensor> attn(const Tensor& q, const Tensor& k, const Tensor& v,
