@@ -12,8 +12,11 @@ namespace lightning {
 struct SweepSeq {
   int head, item, c0, block;
   int64_t batch, begin, length;
+  int64_t start;  // token of sweep row 0: the first token, or the last one when reverse
+  int dir;        // +1, or -1 when reverse: token = start + dir * (sweep row)
   int num_blocks;
   bool reverse;
+  float rate;     // the head's decay rate s (lambda = exp(-s)), 0 without slopes
   // Forward sweeps start from the state before token 0, which reaches row r of a block
   // through lambda^(r+1); reverse sweeps start from the gradient of the state after the last
   // token, which reaches it through lambda^r. Key weights shift the same way.
@@ -32,6 +35,18 @@ struct SweepSeq {
     num_blocks = static_cast<int>((length + block - 1) / block);
     reverse = p.reverse;
     decay_shift = p.reverse ? 1 : 0;
+    start = reverse ? begin + length - 1 : begin;
+    dir = reverse ? -1 : 1;
+    rate = p.slope ? p.slope[head] : 0.f;
+  }
+
+  // lambda^x
+  __device__ float decay_pow(float x) const { return expf(-rate * x); }
+
+  // Element offset of sweep row `local` (counted from the sweep's start) in a tensor with
+  // strides s; rows past the sequence give offsets that must not be read.
+  __device__ int64_t row_offset(const Strides& s, int64_t local) const {
+    return batch * s.b + head * s.h + (start + dir * local) * s.n;
   }
 
   // lambda^(r+1) (forward) or lambda^r (reverse) for row r of a block.
@@ -80,9 +95,8 @@ __device__ inline void copy_state_through(const SweepParams& p, const SweepSeq& 
     seq.store_state(p, x / slice, x % slice, seq.load_state(p, x / slice, x % slice));
 }
 
-__device__ inline void fill_decay_table(const SweepParams& p, int head, float* decay, int block) {
-  const float s = p.slope ? p.slope[head] : 0.f;
-  for (int i = threadIdx.x; i <= block; i += blockDim.x) decay[i] = expf(-s * static_cast<float>(i));
+__device__ inline void fill_decay_table(const SweepSeq& seq, float* decay, int block) {
+  for (int i = threadIdx.x; i <= block; i += blockDim.x) decay[i] = seq.decay_pow(static_cast<float>(i));
 }
 
 // scale * lambda^(r-c) on and below the diagonal, exactly 0 above it.

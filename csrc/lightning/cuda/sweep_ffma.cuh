@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(Tr::kThreads) sweep_ffma_kernel(const __grid_c
   const int j = threadIdx.x % Tr::kSliceC;               // this thread's column of c / out / S
   constexpr int kRowStep = Tr::kThreads / Tr::kSliceC;
 
-  fill_decay_table(p, seq.head, decay, Tr::kBlock);
+  fill_decay_table(seq, decay, Tr::kBlock);
   for (int i = threadIdx.x / Tr::kSliceC; i < Tr::kWidthAB; i += kRowStep)
     s_state[i * Tr::kSliceC + j] = seq.load_state(p, i, j);
 

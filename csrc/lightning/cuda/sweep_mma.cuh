@@ -35,56 +35,104 @@ struct SweepMmaTraits {
   static constexpr int kStageB = LayoutAB::elems(kBlock);  // (kBlock, kWidthAB)
   static constexpr int kStageC = LayoutC::elems(kBlock);   // (kBlock, kSliceC)
   static constexpr int kState = LayoutC::elems(kWidthAB);  // (kWidthAB, kSliceC)
+  static constexpr int kOutDecay = kBlock + 16;  // see SweepMmaSmem::out_decay
+  static constexpr int kKeyDecay = 2 * kBlock;   // see SweepMmaSmem::key_decay
   static constexpr size_t kSmemBytes =
-      (2 * (kStageA + kStageB + kStageC + kState)) * sizeof(T) + (kBlock + 1) * sizeof(float);
+      (2 * (kStageA + kStageB + kStageC + kState)) * sizeof(T) + (kOutDecay + kKeyDecay) * sizeof(float);
   // Two CTAs per SM when their shared memory fits (228 KiB an SM, 1 KiB reserved a CTA):
   // with one barrier per block, the other CTA keeps the tensor cores busy meanwhile.
   static constexpr int kMinCtasPerSm = 2 * (kSmemBytes + 1024) <= 228 * 1024 ? 2 : 1;
   static_assert(kStateRowsPerWarp % 16 == 0 && kSliceC % 16 == 0, "tile shapes");
 };
 
+// Two stages of [a | b | c], then two 16-bit copies of S, then the decay tables. Stages are
+// picked by offset, not from an array of pointers (which a runtime index would put in local
+// memory).
 template <typename T, typename Tr>
 struct SweepMmaSmem {
-  T* a[2];
-  T* b[2];
-  T* c[2];
-  T* state[2];
-  float* decay;  // decay[i] = lambda^i, i in [0, kBlock]
+  static constexpr int kStage = Tr::kStageA + Tr::kStageB + Tr::kStageC;
+  T* base;
+  // The decay weights as tables indexed by a constant offset from a per-thread base, so
+  // applying them costs a load and a multiply, with zeros where the mask drops a product:
+  //   out_decay[16 + i] = out_scale * lambda^i  (i = r - c in [0, kBlock)), 0 for i in [-16, 0)
+  //   key_decay[kBlock + i] = state_scale * lambda^(i + decay_shift)  (i = m - 1 - key),
+  //                           0 for i < 0 (keys past the block's m rows)
+  float* out_decay;
+  float* key_decay;
 
-  __device__ explicit SweepMmaSmem(char* base) {
-    T* p = reinterpret_cast<T*>(base);
-    for (int s = 0; s < 2; ++s) {
-      a[s] = p, p += Tr::kStageA;
-      b[s] = p, p += Tr::kStageB;
-      c[s] = p, p += Tr::kStageC;
-    }
-    state[0] = p, p += Tr::kState;
-    state[1] = p, p += Tr::kState;
-    decay = reinterpret_cast<float*>(p);
+  __device__ explicit SweepMmaSmem(char* raw) : base(reinterpret_cast<T*>(raw)) {
+    out_decay = reinterpret_cast<float*>(base + 2 * (kStage + Tr::kState));
+    key_decay = out_decay + Tr::kOutDecay;
+  }
+  __device__ T* a(int stage) const { return base + stage * kStage; }
+  __device__ T* b(int stage) const { return a(stage) + Tr::kStageA; }
+  __device__ T* c(int stage) const { return b(stage) + Tr::kStageB; }
+  __device__ T* state(int stage) const { return base + 2 * kStage + stage * Tr::kState; }
+
+  __device__ void fill_decay_tables(const SweepParams& p, const SweepSeq& seq) {
+    const float out_scale = static_cast<float>(p.out_scale), state_scale = static_cast<float>(p.state_scale);
+    for (int i = threadIdx.x; i < Tr::kOutDecay; i += Tr::kThreads)
+      out_decay[i] = i < 16 ? 0.f : out_scale * seq.decay_pow(static_cast<float>(i - 16));
+    for (int i = threadIdx.x; i < Tr::kKeyDecay; i += Tr::kThreads)
+      key_decay[i] = i < Tr::kBlock ? 0.f : state_scale * seq.decay_pow(static_cast<float>(i - Tr::kBlock + seq.decay_shift));
   }
 };
 
-// Issues the cp.async copies of block `blk` of a, b and the c slice into one stage.
+// One thread's share of the cp.async copies of a block: the same rows (every kRowStep-th from
+// its first) and the same 16-byte column chunk of a, b and the c slice in every block, so the
+// addresses are worked out once and a block's copies cost a multiply-add each.
 template <typename T, typename Tr>
-__device__ __forceinline__ void load_block_async(const SweepParams& p, const SweepSeq& seq, int blk,
-                                                 T* sa, T* sb, T* sc) {
-  constexpr int kChunk = 8;  // elements per 16-byte copy
-  constexpr int kAbChunks = Tr::kWidthAB / kChunk, kCChunks = Tr::kSliceC / kChunk;
-  for (int i = threadIdx.x; i < Tr::kBlock * kAbChunks; i += Tr::kThreads) {
-    const int r = i / kAbChunks, col = (i % kAbChunks) * kChunk;
-    const int64_t tok = seq.token(blk, r);
-    const bool ok = tok >= 0 && col < p.width_ab;
-    tile::cp_async_16(sa + Tr::LayoutAB::offset(r, col), ok ? seq.row<T>(p.a, p.a_stride, tok) + col : p.a, ok);
-    tile::cp_async_16(sb + Tr::LayoutAB::offset(r, col), ok ? seq.row<T>(p.b, p.b_stride, tok) + col : p.b, ok);
+struct BlockCopier {
+  static constexpr int kChunk = 8;  // elements per 16-byte copy
+  static constexpr int kAbChunks = Tr::kWidthAB / kChunk, kAbRowStep = Tr::kThreads / kAbChunks;
+  static constexpr int kCChunks = Tr::kSliceC / kChunk, kCRowStep = Tr::kThreads / kCChunks;
+  // Row steps of a multiple of 8 keep a swizzled row's chunk order: offsets add up.
+  static_assert(Tr::kThreads % kAbChunks == 0 && Tr::kBlock % kAbRowStep == 0 && kAbRowStep % 8 == 0, "a/b copy plan");
+  static_assert(Tr::kThreads % kCChunks == 0 && Tr::kBlock % kCRowStep == 0 && kCRowStep % 8 == 0, "c copy plan");
+
+  int row_ab, row_c;            // first row of each block this thread copies
+  int smem_ab, smem_c;          // where those rows' chunks go in a stage
+  bool ab_cols_ok, c_cols_ok;   // this thread's columns lie inside width_ab / width_c
+  int64_t off_a, off_b, off_c;  // element offsets of those rows in block 0
+
+  __device__ BlockCopier(const SweepParams& p, const SweepSeq& seq) {
+    const int col_ab = threadIdx.x % kAbChunks * kChunk, col_c = threadIdx.x % kCChunks * kChunk;
+    row_ab = threadIdx.x / kAbChunks;
+    row_c = threadIdx.x / kCChunks;
+    smem_ab = Tr::LayoutAB::offset(row_ab, col_ab);
+    smem_c = Tr::LayoutC::offset(row_c, col_c);
+    ab_cols_ok = col_ab < p.width_ab;
+    c_cols_ok = seq.c0 + col_c < p.width_c;
+    off_a = seq.row_offset(p.a_stride, row_ab) + col_ab;
+    off_b = seq.row_offset(p.b_stride, row_ab) + col_ab;
+    off_c = seq.row_offset(p.c_stride, row_c) + seq.c0 + col_c;
   }
-  for (int i = threadIdx.x; i < Tr::kBlock * kCChunks; i += Tr::kThreads) {
-    const int r = i / kCChunks, col = (i % kCChunks) * kChunk;
-    const int64_t tok = seq.token(blk, r);
-    const bool ok = tok >= 0 && seq.c0 + col < p.width_c;
-    tile::cp_async_16(sc + Tr::LayoutC::offset(r, col), ok ? seq.row<T>(p.c, p.c_stride, tok) + seq.c0 + col : p.c, ok);
+
+  // Starts the copies of block `blk` into one stage; rows past the sequence and columns past
+  // the data are zero-filled.
+  __device__ __forceinline__ void issue(const SweepParams& p, const SweepSeq& seq, int blk, T* sa, T* sb, T* sc) const {
+    const int m = seq.rows_in_block(blk);
+    const int64_t first = static_cast<int64_t>(seq.dir) * blk * Tr::kBlock;  // rows since block 0, signed
+    const T* a = static_cast<const T*>(p.a);
+    const T* b = static_cast<const T*>(p.b);
+    const T* c = static_cast<const T*>(p.c);
+#pragma unroll
+    for (int k = 0; k < Tr::kBlock / kAbRowStep; ++k) {
+      const bool ok = ab_cols_ok && row_ab + k * kAbRowStep < m;
+      const int64_t rows = first + seq.dir * (k * kAbRowStep);
+      const int dst = smem_ab + k * kAbRowStep * Tr::LayoutAB::kRowStride;
+      tile::cp_async_16(sa + dst, ok ? a + off_a + rows * p.a_stride.n : a, ok);
+      tile::cp_async_16(sb + dst, ok ? b + off_b + rows * p.b_stride.n : b, ok);
+    }
+#pragma unroll
+    for (int k = 0; k < Tr::kBlock / kCRowStep; ++k) {
+      const bool ok = c_cols_ok && row_c + k * kCRowStep < m;
+      const int64_t rows = first + seq.dir * (k * kCRowStep);
+      tile::cp_async_16(sc + smem_c + k * kCRowStep * Tr::LayoutC::kRowStride, ok ? c + off_c + rows * p.c_stride.n : c, ok);
+    }
+    tile::cp_async_commit();
   }
-  tile::cp_async_commit();
-}
+};
 
 // The 16-bit copy of S that the next block's a S product reads.
 template <typename T, typename Tr>
@@ -101,12 +149,13 @@ __device__ __forceinline__ void store_state_smem(const float (&rS)[Tr::kStateMTi
     }
 }
 
-// Output warps: O_t = diag(inter_scale * qd) (a_t S_{t-1}) + ((a_t b_t^T) * D) c_t for the
-// 16 rows of warp `ow`, read from the 16-bit copy of S_{t-1} in s_state.
+// Output warps: O_t = diag(qd) (a_t S_{t-1}) + ((a_t b_t^T) * D) c_t for the 16 rows of warp
+// `ow`, read from the 16-bit copy of S_{t-1} in s_state; qd (inter_scale lambda^(r+1), or
+// lambda^r in reverse) is fixed per row, so the caller works it out once.
 template <typename T, typename Tr>
 __device__ __forceinline__ void sweep_output_rows(const SweepParams& p, const SweepSeq& seq, int blk, int m,
                                                   const T* sa, const T* sb, const T* sc, const T* s_state,
-                                                  const float* decay, int ow, int lane) {
+                                                  const float* out_decay, float qd_lo, float qd_hi, int ow, int lane) {
   using namespace tile;
   const int g = lane / 4, t = lane % 4, row0 = ow * 16;
 
@@ -126,51 +175,51 @@ __device__ __forceinline__ void sweep_output_rows(const SweepParams& p, const Sw
       mma_16x16<T>(rO[2 * n], rO[2 * n + 1], fa, load_b_kn<typename Tr::LayoutC>(s_state, kt * 16, n * 16, lane));
   }
 
-  // ---- O = diag(inter_scale * qd) rO + ((A * D) c_t), out_scale folded into D
-  const int r_lo = row0 + g, r_hi = r_lo + 8;
-  const float inter_scale = static_cast<float>(p.inter_scale), out_scale = static_cast<float>(p.out_scale);
-  const float qd_lo = inter_scale * seq.inter_decay(decay, r_lo), qd_hi = inter_scale * seq.inter_decay(decay, r_hi);
+  // ---- O = diag(qd) rO + ((A * D) c_t). Element (r, c) of key tile j takes
+  //      out_decay[16 + r - c]; with r = row0 + g (+8) and c = 16j + 2t (+1, +8) the offset from
+  //      dtab below is a constant.
 #pragma unroll
   for (int n = 0; n < Tr::kCTiles; ++n) {
     rO[n][0] *= qd_lo, rO[n][1] *= qd_lo;
     rO[n][2] *= qd_hi, rO[n][3] *= qd_hi;
   }
-#pragma unroll
-  for (int n = 0; n < 8; ++n) {
-    const int c = n * 8 + 2 * t;
-    rA[n][0] *= causal_decay(decay, out_scale, r_lo, c);
-    rA[n][1] *= causal_decay(decay, out_scale, r_lo, c + 1);
-    rA[n][2] *= causal_decay(decay, out_scale, r_hi, c);
-    rA[n][3] *= causal_decay(decay, out_scale, r_hi, c + 1);
-  }
+  const float* dtab = out_decay + 16 + row0 + g - 2 * t;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     if (j > ow) continue;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // the two n8 halves of the key tile
+      float(&x)[4] = rA[2 * j + h];
+      const int d = -16 * j - 8 * h;
+      x[0] *= dtab[d], x[1] *= dtab[d - 1], x[2] *= dtab[d + 8], x[3] *= dtab[d + 7];
+    }
     const FragA fa = acc_to_a<T>(rA[2 * j], rA[2 * j + 1]);
 #pragma unroll
     for (int n = 0; n < Tr::kCTiles / 2; ++n)
       mma_16x16<T>(rO[2 * n], rO[2 * n + 1], fa, load_b_kn<typename Tr::LayoutC>(sc, j * 16, n * 16, lane));
   }
-  T* out_lo = r_lo < m ? seq.row<T>(p.out, p.out_stride, seq.token(blk, r_lo)) : nullptr;
-  T* out_hi = r_hi < m ? seq.row<T>(p.out, p.out_stride, seq.token(blk, r_hi)) : nullptr;
+  const int r_lo = row0 + g, r_hi = r_lo + 8;
+  const int64_t local = static_cast<int64_t>(blk) * Tr::kBlock;
+  T* out = static_cast<T*>(p.out) + seq.c0 + 2 * t;
+  T* out_lo = r_lo < m ? out + seq.row_offset(p.out_stride, local + r_lo) : nullptr;
+  T* out_hi = r_hi < m ? out + seq.row_offset(p.out_stride, local + r_hi) : nullptr;
 #pragma unroll
   for (int n = 0; n < Tr::kCTiles; ++n) {
-    const int col = seq.c0 + n * 8 + 2 * t;
-    if (col >= p.width_c) continue;
-    if (out_lo) store_pair<T>(out_lo + col, rO[n][0], rO[n][1]);
-    if (out_hi) store_pair<T>(out_hi + col, rO[n][2], rO[n][3]);
+    if (seq.c0 + n * 8 + 2 * t >= p.width_c) continue;
+    if (out_lo) store_pair<T>(out_lo + n * 8, rO[n][0], rO[n][1]);
+    if (out_hi) store_pair<T>(out_hi + n * 8, rO[n][2], rO[n][3]);
   }
 }
 
 // State warps: S_t = lambda^m S_{t-1} + state_scale * (diag(kd) b_t)^T c_t on this warp's
-// rows of S (registers), kd[c] = lambda^(m-1-c).
+// rows of S (registers), kd[key] = lambda^(m-1-key) (lambda^(m-key) in reverse), both read
+// from key_decay.
 template <typename T, typename Tr>
 __device__ __forceinline__ void sweep_update_state(float (&rS)[Tr::kStateMTiles][Tr::kCTiles][4], const SweepParams& p,
-                                                   const SweepSeq& seq, int m, const T* sb, const T* sc,
-                                                   const float* decay, int s_row0, int lane) {
+                                                   int m, float block_decay, const T* sb, const T* sc,
+                                                   const float* key_decay, int s_row0, int lane) {
   using namespace tile;
   const int t = lane % 4;
-  const float block_decay = decay[m], state_scale = static_cast<float>(p.state_scale);
 #pragma unroll
   for (int mt = 0; mt < Tr::kStateMTiles; ++mt)
 #pragma unroll
@@ -178,12 +227,12 @@ __device__ __forceinline__ void sweep_update_state(float (&rS)[Tr::kStateMTiles]
 #pragma unroll
       for (int e = 0; e < 4; ++e) rS[mt][n][e] *= block_decay;
   if (s_row0 >= p.width_ab) return;  // rows past width_ab stay 0
+  const float* ktab = key_decay + Tr::kBlock + m - 1 - 2 * t;  // kd[key] = ktab[2t - key]
 #pragma unroll
   for (int kt = 0; kt < 4; ++kt) {
     if (kt * 16 >= m) break;
-    const int key = kt * 16 + 2 * t;
-    const float2 kd_lo = {seq.key_decay(decay, state_scale, m, key), seq.key_decay(decay, state_scale, m, key + 1)};
-    const float2 kd_hi = {seq.key_decay(decay, state_scale, m, key + 8), seq.key_decay(decay, state_scale, m, key + 9)};
+    const float2 kd_lo = {ktab[-16 * kt], ktab[-16 * kt - 1]};
+    const float2 kd_hi = {ktab[-16 * kt - 8], ktab[-16 * kt - 9]};
     FragA fb[Tr::kStateMTiles];
 #pragma unroll
     for (int mt = 0; mt < Tr::kStateMTiles; ++mt) {
@@ -203,28 +252,31 @@ __device__ __forceinline__ void sweep_update_state(float (&rS)[Tr::kStateMTiles]
 // Start of block `blk`: wait for its copies, meet every warp (so all are done with block
 // blk-1 and S_{blk-1} is in smem.state[blk % 2]), then start copying block blk+1.
 template <typename T, typename Tr>
-__device__ __forceinline__ void begin_block(const SweepParams& p, const SweepSeq& seq, SweepMmaSmem<T, Tr>& smem, int blk) {
+__device__ __forceinline__ void begin_block(const SweepParams& p, const SweepSeq& seq, const BlockCopier<T, Tr>& copier,
+                                            SweepMmaSmem<T, Tr>& smem, int blk) {
   tile::cp_async_wait<0>();
   tile::cta_barrier(Tr::kThreads);
   const int next = (blk + 1) % 2;
-  if (blk + 1 < seq.num_blocks) load_block_async<T, Tr>(p, seq, blk + 1, smem.a[next], smem.b[next], smem.c[next]);
+  if (blk + 1 < seq.num_blocks) copier.issue(p, seq, blk + 1, smem.a(next), smem.b(next), smem.c(next));
 }
 
 // The state warps' whole sweep: S stays in registers, warp w owning rows s_row0.. of it.
 template <typename T, typename Tr>
-__device__ __forceinline__ void run_state_warp(const SweepParams& p, const SweepSeq& seq, SweepMmaSmem<T, Tr>& smem,
-                                               int s_row0, int lane) {
+__device__ __forceinline__ void run_state_warp(const SweepParams& p, const SweepSeq& seq, const BlockCopier<T, Tr>& copier,
+                                               SweepMmaSmem<T, Tr>& smem, int s_row0, int lane) {
   float rS[Tr::kStateMTiles][Tr::kCTiles][4];
   for_state_fragments<Tr::kStateMTiles, Tr::kCTiles>(s_row0, lane, [&](int mt, int n, int e, int i, int j) {
     rS[mt][n][e] = seq.load_state(p, i, j);
   });
-  store_state_smem<T, Tr>(rS, smem.state[0], s_row0, lane);
+  store_state_smem<T, Tr>(rS, smem.state(0), s_row0, lane);
+  const float full_block_decay = seq.decay_pow(static_cast<float>(Tr::kBlock));
   for (int blk = 0; blk < seq.num_blocks; ++blk) {
     const int stage = blk % 2;
-    begin_block(p, seq, smem, blk);
-    sweep_update_state<T, Tr>(rS, p, seq, seq.rows_in_block(blk), smem.b[stage], smem.c[stage], smem.decay, s_row0,
-                              lane);
-    store_state_smem<T, Tr>(rS, smem.state[stage ^ 1], s_row0, lane);
+    begin_block(p, seq, copier, smem, blk);
+    const int m = seq.rows_in_block(blk);
+    const float block_decay = m == Tr::kBlock ? full_block_decay : seq.decay_pow(static_cast<float>(m));
+    sweep_update_state<T, Tr>(rS, p, m, block_decay, smem.b(stage), smem.c(stage), smem.key_decay, s_row0, lane);
+    store_state_smem<T, Tr>(rS, smem.state(stage ^ 1), s_row0, lane);
   }
   if (p.final_state.ptr != nullptr)
     for_state_fragments<Tr::kStateMTiles, Tr::kCTiles>(s_row0, lane, [&](int mt, int n, int e, int i, int j) {
@@ -233,13 +285,19 @@ __device__ __forceinline__ void run_state_warp(const SweepParams& p, const Sweep
 }
 
 template <typename T, typename Tr>
-__device__ __forceinline__ void run_output_warp(const SweepParams& p, const SweepSeq& seq, SweepMmaSmem<T, Tr>& smem,
-                                                int ow, int lane) {
+__device__ __forceinline__ void run_output_warp(const SweepParams& p, const SweepSeq& seq, const BlockCopier<T, Tr>& copier,
+                                                SweepMmaSmem<T, Tr>& smem, int ow, int lane) {
+  // Forward sweeps start from the state before token 0, reaching row r through lambda^(r+1);
+  // reverse ones from the gradient after the last token, through lambda^r.
+  const float inter_scale = static_cast<float>(p.inter_scale);
+  const int r_lo = ow * 16 + lane / 4;
+  const float qd_lo = inter_scale * seq.decay_pow(static_cast<float>(r_lo + 1 - seq.decay_shift));
+  const float qd_hi = inter_scale * seq.decay_pow(static_cast<float>(r_lo + 9 - seq.decay_shift));
   for (int blk = 0; blk < seq.num_blocks; ++blk) {
     const int stage = blk % 2;
-    begin_block(p, seq, smem, blk);
-    sweep_output_rows<T, Tr>(p, seq, blk, seq.rows_in_block(blk), smem.a[stage], smem.b[stage], smem.c[stage],
-                             smem.state[stage], smem.decay, ow, lane);
+    begin_block(p, seq, copier, smem, blk);
+    sweep_output_rows<T, Tr>(p, seq, blk, seq.rows_in_block(blk), smem.a(stage), smem.b(stage), smem.c(stage),
+                             smem.state(stage), smem.out_decay, qd_lo, qd_hi, ow, lane);
   }
 }
 
@@ -253,12 +311,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinCtasPerSm) sweep_mma_ker
     copy_state_through(p, seq, Tr::kWidthAB, Tr::kSliceC);
     return;
   }
-  fill_decay_table(p, seq.head, smem.decay, Tr::kBlock);
-  load_block_async<T, Tr>(p, seq, 0, smem.a[0], smem.b[0], smem.c[0]);
+  smem.fill_decay_tables(p, seq);  // read after the first block's barrier
+  const BlockCopier<T, Tr> copier(p, seq);
+  copier.issue(p, seq, 0, smem.a(0), smem.b(0), smem.c(0));
   if (warp >= Tr::kOutputWarps)
-    run_state_warp<T, Tr>(p, seq, smem, (warp - Tr::kOutputWarps) * Tr::kStateRowsPerWarp, lane);
+    run_state_warp<T, Tr>(p, seq, copier, smem, (warp - Tr::kOutputWarps) * Tr::kStateRowsPerWarp, lane);
   else
-    run_output_warp<T, Tr>(p, seq, smem, warp, lane);
+    run_output_warp<T, Tr>(p, seq, copier, smem, warp, lane);
 }
 
 }  // namespace lightning
