@@ -78,29 +78,30 @@ struct SweepMmaSmem {
   }
 };
 
-// One thread's share of the cp.async copies of a block: the same rows (every kRowStep-th from
-// its first) and the same 16-byte column chunk of a, b and the c slice in every block, so the
-// addresses are worked out once and a block's copies cost a multiply-add each.
+// The cp.async copies of a block, made by the state warps alone (the output warps have the
+// longer per-block path). Each copying thread owns the same rows (every kRowStep-th from its
+// first) and the same 16-byte column chunk of a, b and the c slice in every block, so moving
+// on to the next block is one step per operand.
 template <typename T, typename Tr>
 struct BlockCopier {
+  static constexpr int kThreads = Tr::kStateWarps * 32;
   static constexpr int kChunk = 8;  // elements per 16-byte copy
-  static constexpr int kAbChunks = Tr::kWidthAB / kChunk, kAbRowStep = Tr::kThreads / kAbChunks;
-  static constexpr int kCChunks = Tr::kSliceC / kChunk, kCRowStep = Tr::kThreads / kCChunks;
-  // Row steps of a multiple of 8 keep a swizzled row's chunk order: offsets add up.
-  static_assert(Tr::kThreads % kAbChunks == 0 && Tr::kBlock % kAbRowStep == 0 && kAbRowStep % 8 == 0, "a/b copy plan");
-  static_assert(Tr::kThreads % kCChunks == 0 && Tr::kBlock % kCRowStep == 0 && kCRowStep % 8 == 0, "c copy plan");
+  static constexpr int kAbChunks = Tr::kWidthAB / kChunk, kAbRowStep = kThreads / kAbChunks;
+  static constexpr int kCChunks = Tr::kSliceC / kChunk, kCRowStep = kThreads / kCChunks;
+  static_assert(kThreads % kAbChunks == 0 && Tr::kBlock % kAbRowStep == 0, "a/b copy plan");
+  static_assert(kThreads % kCChunks == 0 && Tr::kBlock % kCRowStep == 0, "c copy plan");
 
   int row_ab, row_c;            // first row of each block this thread copies
-  int smem_ab, smem_c;          // where those rows' chunks go in a stage
+  int col_ab, col_c;
   bool ab_cols_ok, c_cols_ok;   // this thread's columns lie inside width_ab / width_c
-  int64_t off_a, off_b, off_c;  // element offsets of those rows in block 0
+  int64_t off_a, off_b, off_c;  // element offsets of those rows in the next block to copy
 
-  __device__ BlockCopier(const SweepParams& p, const SweepSeq& seq) {
-    const int col_ab = threadIdx.x % kAbChunks * kChunk, col_c = threadIdx.x % kCChunks * kChunk;
-    row_ab = threadIdx.x / kAbChunks;
-    row_c = threadIdx.x / kCChunks;
-    smem_ab = Tr::LayoutAB::offset(row_ab, col_ab);
-    smem_c = Tr::LayoutC::offset(row_c, col_c);
+  // tid: the thread's index among the kThreads copying threads.
+  __device__ BlockCopier(const SweepParams& p, const SweepSeq& seq, int tid) {
+    col_ab = tid % kAbChunks * kChunk;
+    col_c = tid % kCChunks * kChunk;
+    row_ab = tid / kAbChunks;
+    row_c = tid / kCChunks;
     ab_cols_ok = col_ab < p.width_ab;
     c_cols_ok = seq.c0 + col_c < p.width_c;
     off_a = seq.row_offset(p.a_stride, row_ab) + col_ab;
@@ -108,29 +109,43 @@ struct BlockCopier {
     off_c = seq.row_offset(p.c_stride, row_c) + seq.c0 + col_c;
   }
 
-  // Starts the copies of block `blk` into one stage; rows past the sequence and columns past
-  // the data are zero-filled.
-  __device__ __forceinline__ void issue(const SweepParams& p, const SweepSeq& seq, int blk, T* sa, T* sb, T* sc) const {
+  // Offset of (row + k * kRowStep, col) in a stage: steps of a multiple of 8 rows keep a
+  // swizzled row's chunk order, so the offsets just add up.
+  template <typename Layout, int kRowStep>
+  __device__ __forceinline__ static int smem_offset(int row, int col, int k) {
+    if constexpr (kRowStep % 8 == 0) return Layout::offset(row, col) + k * kRowStep * Layout::kRowStride;
+    return Layout::offset(row + k * kRowStep, col);
+  }
+
+  // Starts the copies of block `blk` into one stage, for blk = 0, 1, 2, ... in turn; rows past
+  // the sequence and columns past the data are zero-filled.
+  __device__ __forceinline__ void issue(const SweepParams& p, const SweepSeq& seq, int blk, T* sa, T* sb, T* sc) {
     const int m = seq.rows_in_block(blk);
-    const int64_t first = static_cast<int64_t>(seq.dir) * blk * Tr::kBlock;  // rows since block 0, signed
     const T* a = static_cast<const T*>(p.a);
     const T* b = static_cast<const T*>(p.b);
     const T* c = static_cast<const T*>(p.c);
+    const T* pa = a + off_a;  // walks down this thread's rows (token order or reverse)
+    const T* pb = b + off_b;
+    const T* pc = c + off_c;
+    const int64_t step_a = seq.dir * kAbRowStep * p.a_stride.n, step_b = seq.dir * kAbRowStep * p.b_stride.n;
+    const int64_t step_c = seq.dir * kCRowStep * p.c_stride.n;
 #pragma unroll
-    for (int k = 0; k < Tr::kBlock / kAbRowStep; ++k) {
+    for (int k = 0; k < Tr::kBlock / kAbRowStep; ++k, pa += step_a, pb += step_b) {
       const bool ok = ab_cols_ok && row_ab + k * kAbRowStep < m;
-      const int64_t rows = first + seq.dir * (k * kAbRowStep);
-      const int dst = smem_ab + k * kAbRowStep * Tr::LayoutAB::kRowStride;
-      tile::cp_async_16(sa + dst, ok ? a + off_a + rows * p.a_stride.n : a, ok);
-      tile::cp_async_16(sb + dst, ok ? b + off_b + rows * p.b_stride.n : b, ok);
+      const int dst = smem_offset<typename Tr::LayoutAB, kAbRowStep>(row_ab, col_ab, k);
+      tile::cp_async_16(sa + dst, ok ? pa : a, ok);
+      tile::cp_async_16(sb + dst, ok ? pb : b, ok);
     }
 #pragma unroll
-    for (int k = 0; k < Tr::kBlock / kCRowStep; ++k) {
+    for (int k = 0; k < Tr::kBlock / kCRowStep; ++k, pc += step_c) {
       const bool ok = c_cols_ok && row_c + k * kCRowStep < m;
-      const int64_t rows = first + seq.dir * (k * kCRowStep);
-      tile::cp_async_16(sc + smem_c + k * kCRowStep * Tr::LayoutC::kRowStride, ok ? c + off_c + rows * p.c_stride.n : c, ok);
+      tile::cp_async_16(sc + smem_offset<typename Tr::LayoutC, kCRowStep>(row_c, col_c, k), ok ? pc : c, ok);
     }
     tile::cp_async_commit();
+    const int block_rows = seq.dir * Tr::kBlock;
+    off_a += block_rows * p.a_stride.n;
+    off_b += block_rows * p.b_stride.n;
+    off_c += block_rows * p.c_stride.n;
   }
 };
 
@@ -198,16 +213,17 @@ __device__ __forceinline__ void sweep_output_rows(const SweepParams& p, const Sw
     for (int n = 0; n < Tr::kCTiles / 2; ++n)
       mma_16x16<T>(rO[2 * n], rO[2 * n + 1], fa, load_b_kn<typename Tr::LayoutC>(sc, j * 16, n * 16, lane));
   }
-  const int r_lo = row0 + g, r_hi = r_lo + 8;
-  const int64_t local = static_cast<int64_t>(blk) * Tr::kBlock;
-  T* out = static_cast<T*>(p.out) + seq.c0 + 2 * t;
-  T* out_lo = r_lo < m ? out + seq.row_offset(p.out_stride, local + r_lo) : nullptr;
-  T* out_hi = r_hi < m ? out + seq.row_offset(p.out_stride, local + r_hi) : nullptr;
+  const int r_lo = row0 + g;
+  const bool lo_ok = r_lo < m, hi_ok = r_lo + 8 < m;
+  T* out_lo = static_cast<T*>(p.out) + seq.row_offset(p.out_stride, static_cast<int64_t>(blk) * Tr::kBlock + r_lo) +
+              seq.c0 + 2 * t;
+  T* out_hi = out_lo + seq.dir * 8 * p.out_stride.n;
+  const int cols_left = p.width_c - seq.c0 - 2 * t;
 #pragma unroll
   for (int n = 0; n < Tr::kCTiles; ++n) {
-    if (seq.c0 + n * 8 + 2 * t >= p.width_c) continue;
-    if (out_lo) store_pair<T>(out_lo + n * 8, rO[n][0], rO[n][1]);
-    if (out_hi) store_pair<T>(out_hi + n * 8, rO[n][2], rO[n][3]);
+    if (n * 8 >= cols_left) continue;
+    if (lo_ok) store_pair<T>(out_lo + n * 8, rO[n][0], rO[n][1]);
+    if (hi_ok) store_pair<T>(out_hi + n * 8, rO[n][2], rO[n][3]);
   }
 }
 
@@ -249,21 +265,21 @@ __device__ __forceinline__ void sweep_update_state(float (&rS)[Tr::kStateMTiles]
   }
 }
 
-// Start of block `blk`: wait for its copies, meet every warp (so all are done with block
-// blk-1 and S_{blk-1} is in smem.state[blk % 2]), then start copying block blk+1.
-template <typename T, typename Tr>
-__device__ __forceinline__ void begin_block(const SweepParams& p, const SweepSeq& seq, const BlockCopier<T, Tr>& copier,
-                                            SweepMmaSmem<T, Tr>& smem, int blk) {
+// Start of block `blk`: wait for its copies and meet every warp, so all are done with block
+// blk-1 and S_{blk-1} is in smem.state(blk % 2).
+template <typename Tr>
+__device__ __forceinline__ void begin_block() {
   tile::cp_async_wait<0>();
   tile::cta_barrier(Tr::kThreads);
-  const int next = (blk + 1) % 2;
-  if (blk + 1 < seq.num_blocks) copier.issue(p, seq, blk + 1, smem.a(next), smem.b(next), smem.c(next));
 }
 
 // The state warps' whole sweep: S stays in registers, warp w owning rows s_row0.. of it.
+// They also copy every block in: block blk+1 while block blk computes.
 template <typename T, typename Tr>
-__device__ __forceinline__ void run_state_warp(const SweepParams& p, const SweepSeq& seq, const BlockCopier<T, Tr>& copier,
-                                               SweepMmaSmem<T, Tr>& smem, int s_row0, int lane) {
+__device__ __forceinline__ void run_state_warp(const SweepParams& p, const SweepSeq& seq, SweepMmaSmem<T, Tr>& smem,
+                                               int s_row0, int lane) {
+  BlockCopier<T, Tr> copier(p, seq, threadIdx.x - Tr::kOutputWarps * 32);
+  copier.issue(p, seq, 0, smem.a(0), smem.b(0), smem.c(0));
   float rS[Tr::kStateMTiles][Tr::kCTiles][4];
   for_state_fragments<Tr::kStateMTiles, Tr::kCTiles>(s_row0, lane, [&](int mt, int n, int e, int i, int j) {
     rS[mt][n][e] = seq.load_state(p, i, j);
@@ -272,7 +288,8 @@ __device__ __forceinline__ void run_state_warp(const SweepParams& p, const Sweep
   const float full_block_decay = seq.decay_pow(static_cast<float>(Tr::kBlock));
   for (int blk = 0; blk < seq.num_blocks; ++blk) {
     const int stage = blk % 2;
-    begin_block(p, seq, copier, smem, blk);
+    begin_block<Tr>();
+    if (blk + 1 < seq.num_blocks) copier.issue(p, seq, blk + 1, smem.a(stage ^ 1), smem.b(stage ^ 1), smem.c(stage ^ 1));
     const int m = seq.rows_in_block(blk);
     const float block_decay = m == Tr::kBlock ? full_block_decay : seq.decay_pow(static_cast<float>(m));
     sweep_update_state<T, Tr>(rS, p, m, block_decay, smem.b(stage), smem.c(stage), smem.key_decay, s_row0, lane);
@@ -285,8 +302,8 @@ __device__ __forceinline__ void run_state_warp(const SweepParams& p, const Sweep
 }
 
 template <typename T, typename Tr>
-__device__ __forceinline__ void run_output_warp(const SweepParams& p, const SweepSeq& seq, const BlockCopier<T, Tr>& copier,
-                                                SweepMmaSmem<T, Tr>& smem, int ow, int lane) {
+__device__ __forceinline__ void run_output_warp(const SweepParams& p, const SweepSeq& seq, SweepMmaSmem<T, Tr>& smem,
+                                                int ow, int lane) {
   // Forward sweeps start from the state before token 0, reaching row r through lambda^(r+1);
   // reverse ones from the gradient after the last token, through lambda^r.
   const float inter_scale = static_cast<float>(p.inter_scale);
@@ -295,7 +312,7 @@ __device__ __forceinline__ void run_output_warp(const SweepParams& p, const Swee
   const float qd_hi = inter_scale * seq.decay_pow(static_cast<float>(r_lo + 9 - seq.decay_shift));
   for (int blk = 0; blk < seq.num_blocks; ++blk) {
     const int stage = blk % 2;
-    begin_block(p, seq, copier, smem, blk);
+    begin_block<Tr>();
     sweep_output_rows<T, Tr>(p, seq, blk, seq.rows_in_block(blk), smem.a(stage), smem.b(stage), smem.c(stage),
                              smem.state(stage), smem.out_decay, qd_lo, qd_hi, ow, lane);
   }
@@ -312,12 +329,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinCtasPerSm) sweep_mma_ker
     return;
   }
   smem.fill_decay_tables(p, seq);  // read after the first block's barrier
-  const BlockCopier<T, Tr> copier(p, seq);
-  copier.issue(p, seq, 0, smem.a(0), smem.b(0), smem.c(0));
   if (warp >= Tr::kOutputWarps)
-    run_state_warp<T, Tr>(p, seq, copier, smem, (warp - Tr::kOutputWarps) * Tr::kStateRowsPerWarp, lane);
+    run_state_warp<T, Tr>(p, seq, smem, (warp - Tr::kOutputWarps) * Tr::kStateRowsPerWarp, lane);
   else
-    run_output_warp<T, Tr>(p, seq, copier, smem, warp, lane);
+    run_output_warp<T, Tr>(p, seq, smem, warp, lane);
 }
 
 }  // namespace lightning
