@@ -28,6 +28,7 @@ Speedups are t_peer / t_ours (> 1: ours faster).
 """
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -547,6 +548,9 @@ def parse_args(argv=None):
     p.add_argument("--budget-s", type=float, default=300.0,
                    help="wall-clock budget: measurements past it are skipped (0 = none)")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
+    p.add_argument("--merge", default=None, metavar="JSON",
+                   help="keep this earlier run's rows of the sections not run now (a long benchmark split "
+                        "across device calls); every ratio still compares rows of one run")
     args = p.parse_args(argv)
 
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -565,6 +569,18 @@ def parse_args(argv=None):
     args.constant_ns = ints(args.constant_ns, [4096, 262144] if q else [4096, 16384, 65536, 262144])
     args.constant_impls = ("ours", "fla")
     return args
+
+
+def merge_earlier(result, args):
+    """Take the rows of the sections this run skips from the json of an earlier run."""
+    with open(args.merge) as fh:
+        earlier = json.load(fh)
+    kept = [r for r in earlier.get("rows", []) if r.get("section") not in args.sections]
+    result["rows"] += kept
+    result["sections_done"] += [s for s in earlier.get("sections_done", []) if s not in args.sections]
+    result["merged"] = {"file": os.path.basename(args.merge), "meta": earlier.get("meta"),
+                        "sections": sorted({r.get("section") for r in kept})}
+    print(f"[bench_lightning] kept {len(kept)} rows of {result['merged']['sections']} from {args.merge}", flush=True)
 
 
 def main(argv=None):
@@ -598,6 +614,8 @@ def main(argv=None):
         "rows": [],
         "sections_done": [],
     }
+    if args.merge:
+        merge_earlier(result, args)
     print(f"[bench_lightning] {result['meta'].get('gpu')} torch {torch.__version__} "
           f"impls={list(impls)} sections={args.sections} quick={args.quick}", flush=True)
     ceil = None
