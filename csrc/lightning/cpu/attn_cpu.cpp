@@ -16,17 +16,48 @@ namespace {
 
 constexpr int kBlock = 64;
 
+// C (M x N) += A (M x K) B (K x N), all row-major with leading dimensions lda, ldb, ldc. Four
+// rows of C at a time share each load of B's row, and the inner loop runs along contiguous
+// rows, which the compiler vectorises; B is read M / 4 times, from cache for block-sized N.
 template <typename Acc>
-Acc dot(const Acc* a, const Acc* b, int n) {
-  Acc sum = 0;
-  for (int i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
+[[gnu::always_inline]] inline void gemm_acc_impl(int M, int N, int K, const Acc* A, int lda, const Acc* B, int ldb,
+                                                 Acc* C, int ldc) {
+  int i = 0;
+  for (; i + 4 <= M; i += 4) {
+    Acc* c0 = C + i * ldc;
+    Acc* c1 = c0 + ldc;
+    Acc* c2 = c1 + ldc;
+    Acc* c3 = c2 + ldc;
+    for (int k = 0; k < K; ++k) {
+      const Acc a0 = A[i * lda + k], a1 = A[(i + 1) * lda + k], a2 = A[(i + 2) * lda + k], a3 = A[(i + 3) * lda + k];
+      const Acc* bk = B + k * ldb;
+      for (int j = 0; j < N; ++j) {
+        const Acc x = bk[j];
+        c0[j] += a0 * x, c1[j] += a1 * x, c2[j] += a2 * x, c3[j] += a3 * x;
+      }
+    }
+  }
+  for (; i < M; ++i)
+    for (int k = 0; k < K; ++k) {
+      const Acc ai = A[i * lda + k];
+      const Acc* bk = B + k * ldb;
+      for (int j = 0; j < N; ++j) C[i * ldc + j] += ai * bk[j];
+    }
 }
 
-// y += alpha * x
-template <typename Acc>
-void axpy(Acc alpha, const Acc* x, Acc* y, int n) {
-  for (int i = 0; i < n; ++i) y[i] += alpha * x[i];
+// One copy of the product per instruction set, picked at load time: the build targets plain
+// x86-64 (SSE2), the machine it runs on usually has AVX2 and FMA.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define LT_CPU_CLONES
+#endif
+LT_CPU_CLONES void gemm_acc(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc) {
+  gemm_acc_impl(M, N, K, A, lda, B, ldb, C, ldc);
+}
+LT_CPU_CLONES void gemm_acc(int M, int N, int K, const double* A, int lda, const double* B, int ldb, double* C,
+                            int ldc) {
+  gemm_acc_impl(M, N, K, A, lda, B, ldb, C, ldc);
 }
 
 // The rows of one work item in sweep order: where sequence `seq`, head `head` keeps row r of
@@ -75,29 +106,39 @@ void sweep_item(const SweepParams& p, int64_t item) {
   if (const StateView& v = p.init_state; v.ptr)
     for (int i = 0; i < A; ++i)
       for (int j = 0; j < C; ++j) S[i * C + j] = v.ptr[item * v.item_stride + i * v.row + j * v.col];
-  std::vector<Acc> a(kBlock * A), b(kBlock * A), c(kBlock * C), out(C), weight(kBlock);
+  std::vector<Acc> a(kBlock * A), b(kBlock * A), c(kBlock * C);
+  std::vector<Acc> b_t(static_cast<size_t>(A) * kBlock);  // b^T, then (diag(kd) b)^T: (A, kBlock)
+  std::vector<Acc> scores(kBlock * kBlock), out(static_cast<size_t>(kBlock) * C);
 
   for (int64_t start = 0; start < rows.length; start += kBlock) {
     const int m = static_cast<int>(std::min<int64_t>(kBlock, rows.length - start));
     load_rows<T>(rows, p.a, p.a_stride, start, m, A, a.data());
     load_rows<T>(rows, p.b, p.b_stride, start, m, A, b.data());
     load_rows<T>(rows, p.c, p.c_stride, start, m, C, c.data());
-    for (int r = 0; r < m; ++r) {
-      // inter block: inter_scale * lambda^(r+1-shift) S^T a_r
-      std::fill(out.begin(), out.end(), Acc(0));
-      for (int i = 0; i < A; ++i) axpy(a[r * A + i], &S[i * C], out.data(), C);
-      for (int x = 0; x < C; ++x) out[x] *= inter_scale * decay[r + 1 - shift];
-      // intra block: out_scale * sum_{c<=r} lambda^(r-c) (a_r . b_c) c_c
-      for (int k = 0; k <= r; ++k)
-        axpy(out_scale * decay[r - k] * dot(&a[r * A], &b[k * A], A), &c[k * C], out.data(), C);
-      T* dst = rows.row<T>(p.out, p.out_stride, start + r);
-      for (int x = 0; x < C; ++x) dst[x] = static_cast<T>(out[x]);
-    }
-    // S = lambda^m S + state_scale * sum_c lambda^(m-1-c+shift) b_c c_c^T
-    for (int k = 0; k < m; ++k) weight[k] = state_scale * decay[m - 1 - k + shift];
-    for (Acc& x : S) x *= decay[m];
     for (int k = 0; k < m; ++k)
-      for (int i = 0; i < A; ++i) axpy(weight[k] * b[k * A + i], &c[k * C], &S[i * C], C);
+      for (int i = 0; i < A; ++i) b_t[i * kBlock + k] = b[k * A + i];
+
+    // out = diag(inter_scale * lambda^(r+1-shift)) a S  +  P c,
+    // P[r][k] = out_scale * lambda^(r-k) (a_r . b_k) for k <= r, 0 above the diagonal
+    std::fill(out.begin(), out.begin() + m * C, Acc(0));
+    gemm_acc(m, C, A, a.data(), A, S.data(), C, out.data(), C);
+    for (int r = 0; r < m; ++r)
+      for (int x = 0; x < C; ++x) out[r * C + x] *= inter_scale * decay[r + 1 - shift];
+    std::fill(scores.begin(), scores.begin() + m * kBlock, Acc(0));
+    gemm_acc(m, m, A, a.data(), A, b_t.data(), kBlock, scores.data(), kBlock);
+    for (int r = 0; r < m; ++r)
+      for (int k = 0; k < m; ++k) scores[r * kBlock + k] = k <= r ? scores[r * kBlock + k] * out_scale * decay[r - k] : Acc(0);
+    gemm_acc(m, C, m, scores.data(), kBlock, c.data(), C, out.data(), C);
+    for (int r = 0; r < m; ++r) {
+      T* dst = rows.row<T>(p.out, p.out_stride, start + r);
+      for (int x = 0; x < C; ++x) dst[x] = static_cast<T>(out[r * C + x]);
+    }
+
+    // S = lambda^m S + state_scale * sum_k lambda^(m-1-k+shift) b_k c_k^T
+    for (Acc& x : S) x *= decay[m];
+    for (int i = 0; i < A; ++i)
+      for (int k = 0; k < m; ++k) b_t[i * kBlock + k] *= state_scale * decay[m - 1 - k + shift];
+    gemm_acc(A, C, m, b_t.data(), kBlock, c.data(), C, S.data(), C);
   }
   if (const StateView& v = p.final_state; v.ptr)
     for (int i = 0; i < A; ++i)
