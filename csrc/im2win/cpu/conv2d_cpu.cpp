@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../../common/macros.h"
 #include "conv2d_cpu.h"
 #include "window_ops.h"
 
@@ -59,7 +60,7 @@ void move_sums(std::vector<T>& from, std::vector<T>& to) {
 // output[n][k] for the output channels k of block `ko`: at every output position, the
 // window of each input channel of the group times the block's filters.
 template <typename T>
-void fwd_block(const Conv2dParams& p, const Shape& s, const T* window, int64_t n,
+LT_ALWAYS_INLINE void fwd_block(const Conv2dParams& p, const Shape& s, const T* window, int64_t n,
                ChannelBlock ko, std::vector<T>& filters) {
   const T* weight = static_cast<const T*>(p.weight);
   cpu::filters_as_lanes(s.group_in, p.kernel_h, p.kernel_w, [&](int64_t cl, int lane) {
@@ -103,7 +104,7 @@ void fwd_block(const Conv2dParams& p, const Shape& s, const T* window, int64_t n
 // is added into one window-tensor row per channel, which is then folded back onto the FH
 // input rows it was gathered from (col2win).
 template <typename T>
-void bwd_input_block(const Conv2dBwdParams& b, const Shape& s, int64_t n, ChannelBlock ci,
+LT_ALWAYS_INLINE void bwd_input_block(const Conv2dBwdParams& b, const Shape& s, int64_t n, ChannelBlock ci,
                      std::vector<T>& filters, std::vector<T>& row_grad,
                      std::vector<T>& plane_grad) {
   const Conv2dParams& p = b.fwd;
@@ -151,7 +152,7 @@ void bwd_input_block(const Conv2dBwdParams& b, const Shape& s, int64_t n, Channe
 // layer): they are summed per output row, the rows per image and the images last, so
 // rounding grows with Wo + Ho + N rather than with their product.
 template <typename T>
-void bwd_weight_block(const Conv2dBwdParams& b, const Shape& s, const T* window, ChannelBlock ko,
+LT_ALWAYS_INLINE void bwd_weight_block(const Conv2dBwdParams& b, const Shape& s, const T* window, ChannelBlock ko,
                       std::vector<T>& row_grads, std::vector<T>& image_sum,
                       std::vector<T>& total_sum) {
   const Conv2dParams& p = b.fwd;
@@ -210,8 +211,8 @@ T grad_out_sum(const Conv2dBwdParams& b, int64_t k) {
 
 }  // namespace
 
-void conv2d_fwd_cpu(const Conv2dParams& p, const void* window, int64_t begin, int64_t end) {
-  cpu::with_compute_type(p.dtype, [&](auto zero) {
+LT_CPU_CLONES void conv2d_fwd_cpu(const Conv2dParams& p, const void* window, int64_t begin, int64_t end) {
+  cpu::with_compute_type(p.dtype, [&](auto zero) LT_ALWAYS_LAMBDA {
     using T = decltype(zero);
     const Shape s(p);
     const int64_t blocks = channel_blocks(p.out_channels, p.groups);
@@ -222,8 +223,8 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const void* window, int64_t begin, in
   });
 }
 
-void conv2d_bwd_input_cpu(const Conv2dBwdParams& b, int64_t begin, int64_t end) {
-  cpu::with_compute_type(b.fwd.dtype, [&](auto zero) {
+LT_CPU_CLONES void conv2d_bwd_input_cpu(const Conv2dBwdParams& b, int64_t begin, int64_t end) {
+  cpu::with_compute_type(b.fwd.dtype, [&](auto zero) LT_ALWAYS_LAMBDA {
     using T = decltype(zero);
     const Shape s(b.fwd);
     const int64_t blocks = channel_blocks(b.fwd.in_channels, b.fwd.groups);
@@ -235,9 +236,9 @@ void conv2d_bwd_input_cpu(const Conv2dBwdParams& b, int64_t begin, int64_t end) 
   });
 }
 
-void conv2d_bwd_weight_cpu(const Conv2dBwdParams& b, const void* window, int64_t begin,
+LT_CPU_CLONES void conv2d_bwd_weight_cpu(const Conv2dBwdParams& b, const void* window, int64_t begin,
                            int64_t end) {
-  cpu::with_compute_type(b.fwd.dtype, [&](auto zero) {
+  cpu::with_compute_type(b.fwd.dtype, [&](auto zero) LT_ALWAYS_LAMBDA {
     using T = decltype(zero);
     const Shape s(b.fwd);
     std::vector<T> row_grads(int64_t(b.fwd.out_w) * kLanes),
@@ -249,7 +250,7 @@ void conv2d_bwd_weight_cpu(const Conv2dBwdParams& b, const void* window, int64_t
 }
 
 void conv2d_bwd_bias_cpu(const Conv2dBwdParams& b, int64_t begin, int64_t end) {
-  cpu::with_compute_type(b.fwd.dtype, [&](auto zero) {
+  cpu::with_compute_type(b.fwd.dtype, [&](auto zero) LT_ALWAYS_LAMBDA {
     using T = decltype(zero);
     for (int64_t k = begin; k < end; ++k) static_cast<T*>(b.grad_bias)[k] = grad_out_sum<T>(b, k);
   });

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "../../common/macros.h"
 #include "../conv2d_params.h"
 #include "conv2d_cpu.h"
 
@@ -16,7 +17,7 @@ constexpr int kLanes = kChannelBlock;
 // Calls fn(T{}) with T = double for kFloat64 and float otherwise (the binding hands the CPU
 // kernels float or double only).
 template <typename Fn>
-void with_compute_type(DType dtype, Fn fn) {
+LT_ALWAYS_INLINE void with_compute_type(DType dtype, Fn fn) {
   if (dtype == DType::kFloat64)
     fn(double{});
   else

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../../common/macros.h"
 #include "../sweep_params.h"
 
 namespace lightning {
@@ -20,7 +21,7 @@ constexpr int kBlock = 64;
 // rows of C at a time share each load of B's row, and the inner loop runs along contiguous
 // rows, which the compiler vectorises; B is read M / 4 times, from cache for block-sized N.
 template <typename Acc>
-[[gnu::always_inline]] inline void gemm_acc_impl(int M, int N, int K, const Acc* A, int lda, const Acc* B, int ldb,
+LT_ALWAYS_INLINE void gemm_acc_impl(int M, int N, int K, const Acc* A, int lda, const Acc* B, int ldb,
                                                  Acc* C, int ldc) {
   int i = 0;
   for (; i + 4 <= M; i += 4) {
@@ -45,13 +46,7 @@ template <typename Acc>
     }
 }
 
-// One copy of the product per instruction set, picked at load time: the build targets plain
-// x86-64 (SSE2), the machine it runs on usually has AVX2 and FMA.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define LT_CPU_CLONES
-#endif
+// One copy of the product per instruction set (LT_CPU_CLONES).
 LT_CPU_CLONES void gemm_acc(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc) {
   gemm_acc_impl(M, N, K, A, lda, B, ldb, C, ldc);
 }
