@@ -86,15 +86,6 @@ def load_ours():
     return im2win.conv2d
 
 
-def short_err(exc):
-    """First line of the message, plus up to three lines that say 'error' (build logs)."""
-    lines = [x.strip() for x in f"{type(exc).__name__}: {exc}".strip().splitlines() if x.strip()]
-    if not lines:
-        return type(exc).__name__
-    errs = [x for x in lines[1:] if "error:" in x.lower() and not x.startswith("[")][:3]
-    return " | ".join([lines[0][:200]] + [x[:200] for x in errs])
-
-
 def run_layer(layer, batch, group, impls, args, budget):
     name, c, h, w, k, f, s, p = layer
     ho, wo = out_hw(h, w, f, s, p)
@@ -167,7 +158,7 @@ def run_layer(layer, batch, group, impls, args, budget):
                 if row["ms"]:
                     row["tflops"] = row["gflop"] / row["ms"]
             except Exception as exc:  # noqa: BLE001
-                row["error"] = short_err(exc)
+                row["error"] = common.short_err(exc)
                 if args.verbose:
                     traceback.print_exc()
             if impl_name != "cudnn":
@@ -298,7 +289,7 @@ def main(argv=None):
             ours = load_ours()
             impls["ours"] = lambda x, w, b, s, p: ours(x, w, b, s, p)
         except Exception as exc:  # noqa: BLE001
-            errors["ours"] = short_err(exc)
+            errors["ours"] = common.short_err(exc)
             print(f"[bench_im2win] ours unavailable: {errors['ours']}", flush=True)
     result = {
         "bench": "im2win",
@@ -321,8 +312,8 @@ def main(argv=None):
         try:
             result["rows"] += run_layer(layer, batch, group, impls, args, budget)
         except Exception as exc:  # noqa: BLE001  (e.g. out of memory allocating the inputs)
-            print(f"[bench_im2win] {layer[0]} failed: {short_err(exc)}", flush=True)
-            result.setdefault("layer_errors", {})[layer[0]] = short_err(exc)
+            print(f"[bench_im2win] {layer[0]} failed: {common.short_err(exc)}", flush=True)
+            result.setdefault("layer_errors", {})[layer[0]] = common.short_err(exc)
             common.free_memory()
         result["geomean"] = geomeans(result["rows"])
         result["elapsed_s"] = budget.elapsed()

@@ -102,7 +102,7 @@ def load_impls(want):
                                       lambda q, k, v, s: lightning.attn(q, k, v, s, scale=1.0,
                                                                         layout="bnhd")[0])
         except Exception as exc:  # noqa: BLE001
-            errors["ours"] = errors["ours_bnhd"] = short_err(exc)
+            errors["ours"] = errors["ours_bnhd"] = common.short_err(exc)
 
     if "fla" in want:
         try:
@@ -112,7 +112,7 @@ def load_impls(want):
                                 lambda q, k, v, g: chunk_simple_gla(q, k, v, g_gamma=g, scale=1.0)[0],
                                 prep=lambda s: (-s).contiguous())  # natural-log decay per head
         except Exception as exc:  # noqa: BLE001
-            errors["fla"] = short_err(exc)
+            errors["fla"] = common.short_err(exc)
 
     if "opennlplab" in want:
         try:
@@ -122,7 +122,7 @@ def load_impls(want):
                                        lambda q, k, v, s: lightning_attn_func(q, k, v, s),
                                        prep=lambda s: s.reshape(-1, 1, 1).contiguous())  # (H, 1, 1)
         except Exception as exc:  # noqa: BLE001
-            errors["opennlplab"] = short_err(exc)
+            errors["opennlplab"] = common.short_err(exc)
 
     if "sdpa" in want:
         try:
@@ -132,7 +132,7 @@ def load_impls(want):
                                  lambda q, k, v, s: F.scaled_dot_product_attention(q, k, v, is_causal=True),
                                  ctx=lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION))
         except Exception as exc:  # noqa: BLE001
-            errors["sdpa"] = short_err(exc)
+            errors["sdpa"] = common.short_err(exc)
 
     impls = {k: v for k, v in impls.items() if k in want}
     errors = {k: v for k, v in errors.items() if k in want}
@@ -148,15 +148,6 @@ def to_layout(t, layout):
 
 def to_bhnd(t, layout):
     return t if layout == "bhnd" else t.transpose(1, 2)
-
-
-def short_err(exc):
-    """First line of the message, plus up to three lines that say 'error' (build logs)."""
-    lines = [x.strip() for x in f"{type(exc).__name__}: {exc}".strip().splitlines() if x.strip()]
-    if not lines:
-        return type(exc).__name__
-    errs = [x for x in lines[1:] if "error:" in x.lower() and not x.startswith("[")][:3]
-    return " | ".join([lines[0][:200]] + [x[:200] for x in errs])
 
 
 # ---------------------------------------------------------------------------------- one case
@@ -197,7 +188,7 @@ def measure(impl, q, k, v, do, slope, args, budget, *, want_mem=True, want_bwd=T
                     io = (vi.numel() + qi.numel() + ki.numel() + vi.numel()) * vi.element_size() / common.MIB
                     row["mem_extra_mib"] = None if mib is None else mib - io
     except Exception as exc:  # noqa: BLE001
-        row["error"] = short_err(exc)
+        row["error"] = common.short_err(exc)
         if args.verbose:
             traceback.print_exc()
     finally:
@@ -359,7 +350,7 @@ def section_decode(impls, args, budget, ceil):
             row["us"] = 1e3 * common.bench_ms(lambda: lightning.attn_decode(q, k, v, st, slope, scale=1.0),
                                               warmup=args.warmup, rep=args.rep, device=args.device)
         except Exception as exc:  # noqa: BLE001
-            row["error"] = short_err(exc)
+            row["error"] = common.short_err(exc)
         finish(row)
     if "fla" in impls:
         row = {**base, "impl": "fla", "us": None, "error": None, "diff_vs_ours": None}
@@ -378,7 +369,7 @@ def section_decode(impls, args, budget, ceil):
                 row["diff_vs_ours"] = common.rel_err(o.squeeze(1), ref_o)
             row["us"] = 1e3 * common.bench_ms(step, warmup=args.warmup, rep=args.rep, device=args.device)
         except Exception as exc:  # noqa: BLE001
-            row["error"] = short_err(exc)
+            row["error"] = common.short_err(exc)
         finish(row)
     del q, k, v, state0
     common.free_memory()
@@ -431,7 +422,7 @@ def section_accuracy(impls, args, budget, ceil):
                 row[key] = common.rel_err(x, r)
             row["max"] = max(row[key] for key in ("o", "dq", "dk", "dv"))
         except Exception as exc:  # noqa: BLE001
-            row["error"] = short_err(exc)
+            row["error"] = common.short_err(exc)
             if args.verbose:
                 traceback.print_exc()
         rows.append(row)
@@ -622,7 +613,7 @@ def main(argv=None):
     try:
         ceil = common.copy_bandwidth_gbps(dev)
     except Exception as exc:  # noqa: BLE001
-        print(f"[bench_lightning] copy bandwidth failed: {short_err(exc)}")
+        print(f"[bench_lightning] copy bandwidth failed: {common.short_err(exc)}")
     result["ceilings"]["copy_gbps"] = ceil
     print(f"[bench_lightning] device-to-device copy: {common.fmt(ceil, 0)} GB/s", flush=True)
 
@@ -636,9 +627,9 @@ def main(argv=None):
         try:
             result["rows"] += runners[section](impls, args, budget, ceil)
         except Exception as exc:  # noqa: BLE001
-            print(f"[bench_lightning] section {section} failed: {short_err(exc)}")
+            print(f"[bench_lightning] section {section} failed: {common.short_err(exc)}")
             traceback.print_exc()
-            result.setdefault("section_errors", {})[section] = short_err(exc)
+            result.setdefault("section_errors", {})[section] = common.short_err(exc)
         result["sections_done"].append(section)
         result["elapsed_s"] = budget.elapsed()
         path = common.write_json(args.name, result, args.out)  # after each section: partial results survive

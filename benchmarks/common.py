@@ -230,6 +230,15 @@ def _clean(x):
     return x
 
 
+def short_err(exc):
+    """First line of the message, plus up to three lines that say 'error' (build logs)."""
+    lines = [x.strip() for x in f"{type(exc).__name__}: {exc}".strip().splitlines() if x.strip()]
+    if not lines:
+        return type(exc).__name__
+    errs = [x for x in lines[1:] if "error:" in x.lower() and not x.startswith("[")][:3]
+    return " | ".join([lines[0][:200]] + [x[:200] for x in errs])
+
+
 def write_json(name, data, out_dir=None):
     """Write <out_dir>/<name>.json (default benchmarks/results) and copy it to $OUT when that
     is set and is another folder. Returns the path written."""
