@@ -21,8 +21,8 @@ constexpr int kBlock = 64;
 // rows of C at a time share each load of B's row, and the inner loop runs along contiguous
 // rows, which the compiler vectorises; B is read M / 4 times, from cache for block-sized N.
 template <typename Acc>
-LT_ALWAYS_INLINE void gemm_acc_impl(int M, int N, int K, const Acc* A, int lda, const Acc* B, int ldb,
-                                                 Acc* C, int ldc) {
+LT_ALWAYS_INLINE void gemm_acc_impl(int M, int N, int K, const Acc* A, int lda, const Acc* B, int ldb, Acc* C,
+                                    int ldc) {
   int i = 0;
   for (; i + 4 <= M; i += 4) {
     Acc* c0 = C + i * ldc;
@@ -75,11 +75,14 @@ struct ItemRows {
   }
 };
 
+// Rows [start, start + m) of one operand, widened: element (r, x) to dst[r * row + x * col]
+// (row = width, col = 1 keeps the layout; row = 1, col = kBlock transposes it).
 template <typename T, typename Acc>
-void load_rows(const ItemRows& rows, const void* base, const Strides& s, int64_t start, int m, int width, Acc* dst) {
+void load_rows(const ItemRows& rows, const void* base, const Strides& s, int64_t start, int m, int width, Acc* dst,
+               int row, int col) {
   for (int r = 0; r < m; ++r) {
     const T* src = rows.row<const T>(base, s, start + r);
-    for (int x = 0; x < width; ++x) dst[r * width + x] = static_cast<Acc>(src[x]);
+    for (int x = 0; x < width; ++x) dst[r * row + x * col] = static_cast<Acc>(src[x]);
   }
 }
 
@@ -101,17 +104,15 @@ void sweep_item(const SweepParams& p, int64_t item) {
   if (const StateView& v = p.init_state; v.ptr)
     for (int i = 0; i < A; ++i)
       for (int j = 0; j < C; ++j) S[i * C + j] = v.ptr[item * v.item_stride + i * v.row + j * v.col];
-  std::vector<Acc> a(kBlock * A), b(kBlock * A), c(kBlock * C);
+  std::vector<Acc> a(kBlock * A), c(kBlock * C);
   std::vector<Acc> b_t(static_cast<size_t>(A) * kBlock);  // b^T, then (diag(kd) b)^T: (A, kBlock)
   std::vector<Acc> scores(kBlock * kBlock), out(static_cast<size_t>(kBlock) * C);
 
   for (int64_t start = 0; start < rows.length; start += kBlock) {
     const int m = static_cast<int>(std::min<int64_t>(kBlock, rows.length - start));
-    load_rows<T>(rows, p.a, p.a_stride, start, m, A, a.data());
-    load_rows<T>(rows, p.b, p.b_stride, start, m, A, b.data());
-    load_rows<T>(rows, p.c, p.c_stride, start, m, C, c.data());
-    for (int k = 0; k < m; ++k)
-      for (int i = 0; i < A; ++i) b_t[i * kBlock + k] = b[k * A + i];
+    load_rows<T>(rows, p.a, p.a_stride, start, m, A, a.data(), A, 1);
+    load_rows<T>(rows, p.b, p.b_stride, start, m, A, b_t.data(), 1, kBlock);
+    load_rows<T>(rows, p.c, p.c_stride, start, m, C, c.data(), C, 1);
 
     // out = diag(inter_scale * lambda^(r+1-shift)) a S  +  P c,
     // P[r][k] = out_scale * lambda^(r-k) (a_r . b_k) for k <= r, 0 above the diagonal
