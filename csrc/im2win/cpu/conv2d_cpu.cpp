@@ -250,7 +250,7 @@ LT_CPU_CLONES void conv2d_bwd_weight_cpu(const Conv2dBwdParams& b, const void* w
 }
 
 void conv2d_bwd_bias_cpu(const Conv2dBwdParams& b, int64_t begin, int64_t end) {
-  cpu::with_compute_type(b.fwd.dtype, [&](auto zero) LT_ALWAYS_LAMBDA {
+  cpu::with_compute_type(b.fwd.dtype, [&](auto zero) {
     using T = decltype(zero);
     for (int64_t k = begin; k < end; ++k) static_cast<T*>(b.grad_bias)[k] = grad_out_sum<T>(b, k);
   });
