@@ -288,6 +288,15 @@ def test_matches_blockwise_algorithm(device):
     assert_matches(got, run_reference(q, k, v, slope, 0.7, s0, grad_out, grad_state), F32)
 
 
+@pytest.mark.parametrize("slope_kind", ["alibi", "none"])
+@pytest.mark.parametrize("dtype", [F32, BF16, F16])
+def test_sequence_split(device, dtype, slope_kind):
+    # Two (batch, head) items leave most of a GPU idle, so the CUDA sweeps run split: chunks of
+    # whole blocks (here 49 blocks in 3 chunks, cuda/sweep_split.cu) whose start states come
+    # from a prefix over the chunks. The answer must be the unsplit one.
+    check_attn(device, 1, 2, 3109, 64, 64, dtype=dtype, slope_kind=slope_kind)
+
+
 @pytest.mark.slow
 def test_long_sequence_fp32_state(device):
     # n >= 65536, not a multiple of the block; one head without decay (slope 0: the state

@@ -197,6 +197,9 @@ AttnInputs check_attn_inputs(const Tensor& q_in, const Tensor& k_in, const Tenso
   return in;
 }
 
+// Scratch of the CUDA kernels (attn_*_cuda_workspace floats); an empty tensor has no storage.
+float* float_ptr_or_null(Tensor& t) { return t.numel() > 0 ? t.data_ptr<float>() : nullptr; }
+
 int64_t tokens_per_item(const AttnInputs& in) {
   return in.cu_seqlens.defined() ? in.params.seqlen / std::max<int64_t>(1, in.num_seqs) : in.params.seqlen;
 }
@@ -222,7 +225,8 @@ std::tuple<Tensor, Tensor> attn(const Tensor& q, const Tensor& k, const Tensor& 
     c10::cuda::CUDAGuard guard(q.device());
     p.o = o.data_ptr();
     p.o_stride = strides_of(o);
-    check_launch(attn_fwd_cuda(p, current_stream()), op);
+    Tensor workspace = at::empty({attn_fwd_cuda_workspace(p)}, q.options().dtype(at::kFloat));
+    check_launch(attn_fwd_cuda(p, float_ptr_or_null(workspace), current_stream()), op);
     return {o, final_state};
   }
 #endif
@@ -267,7 +271,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attn_backward(
   if (q.is_cuda()) {
     c10::cuda::CUDAGuard guard(q.device());
     set_grads(p, gout, dq, dk, dv);
-    check_launch(attn_bwd_cuda(p, current_stream()), op);
+    Tensor workspace = at::empty({attn_bwd_cuda_workspace(p)}, q.options().dtype(at::kFloat));
+    check_launch(attn_bwd_cuda(p, float_ptr_or_null(workspace), current_stream()), op);
     return {dq, dk, dv, d_init};
   }
 #endif

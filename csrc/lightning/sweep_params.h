@@ -21,9 +21,13 @@
 
 namespace lightning {
 
-struct StateView {  // element (i, j) of item `w`: ptr[w * item_stride + i * row + j * col]
+// Element (i, j) of state number w: ptr[w * item_stride + i * row + j * col]. With per_chunk,
+// w = item * chunks + chunk and every chunk of a split sweep reads or writes its own state;
+// otherwise w = item, read by the first chunk and written by the last.
+struct StateView {
   float* ptr;
   int64_t item_stride, row, col;
+  bool per_chunk;
 };
 
 struct SweepParams {
@@ -41,6 +45,11 @@ struct SweepParams {
   double out_scale, inter_scale, state_scale;  // double: the fp64 CPU path stays exact
   StateView init_state;   // ptr == nullptr: start from 0
   StateView final_state;  // ptr == nullptr: not written
+  // A split sweep (cuda/sweep_split.cu: more CTAs when batch x heads is small) runs over
+  // `chunks` consecutive pieces of chunk_rows rows of every sequence, in sweep order, one CTA
+  // each. chunks == 1: the whole sequence. The CPU kernels take unsplit sweeps only.
+  int chunks;
+  int64_t chunk_rows;
 };
 
 // The fields every sweep of one call shares.
@@ -52,14 +61,16 @@ inline SweepParams sweep_base(const AttnParams& p) {
   s.num_seqs = p.num_seqs;
   s.cu_seqlens = p.cu_seqlens;
   s.slope = p.slope;
+  s.chunks = 1;
+  s.chunk_rows = 0;
   return s;
 }
 
 // A (D, E) state per item as stored, or its transpose when the sweep's S is (E, D).
 inline StateView state_view(const float* ptr, const AttnParams& p, bool transposed) {
   const int64_t e = p.value_dim;
-  return transposed ? StateView{const_cast<float*>(ptr), p.head_dim * e, 1, e}
-                    : StateView{const_cast<float*>(ptr), p.head_dim * e, e, 1};
+  return transposed ? StateView{const_cast<float*>(ptr), p.head_dim * e, 1, e, false}
+                    : StateView{const_cast<float*>(ptr), p.head_dim * e, e, 1, false};
 }
 
 inline SweepParams forward_sweep(const AttnParams& p) {
@@ -94,7 +105,7 @@ inline std::array<SweepParams, 3> backward_sweeps(const AttnBwdParams& bp) {
   dq.out_scale = dq.inter_scale = p.scale;
   dq.state_scale = 1.0;
   dq.init_state = state_view(p.initial_state, p, true);
-  dq.final_state = StateView{nullptr, 0, 0, 0};
+  dq.final_state = StateView{nullptr, 0, 0, 0, false};
 
   // dv_c = scale sum_{r>=c} lambda^(r-c) (k_c . q_r) do_r + lambda^(..) dS^T k_c, with
   // dS = lambda^m dS + scale (diag(qd) Q)^T dO as the (D, E) state, d(initial) at the end
@@ -119,7 +130,7 @@ inline std::array<SweepParams, 3> backward_sweeps(const AttnBwdParams& bp) {
   dk.out = bp.dk, dk.out_stride = bp.dk_stride;
   dk.width_ab = e, dk.width_c = d;
   dk.init_state = state_view(bp.grad_final_state, p, true);
-  dk.final_state = StateView{nullptr, 0, 0, 0};
+  dk.final_state = StateView{nullptr, 0, 0, 0, false};
   return {dq, dv, dk};
 }
 

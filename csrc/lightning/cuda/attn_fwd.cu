@@ -4,6 +4,10 @@
 
 namespace lightning {
 
-cudaError_t attn_fwd_cuda(const AttnParams& p, cudaStream_t stream) { return launch_sweep(forward_sweep(p), stream); }
+int64_t attn_fwd_cuda_workspace(const AttnParams& p) { return sweep_workspace_floats(forward_sweep(p)); }
+
+cudaError_t attn_fwd_cuda(const AttnParams& p, float* workspace, cudaStream_t stream) {
+  return run_sweep(forward_sweep(p), workspace, stream);
+}
 
 }  // namespace lightning

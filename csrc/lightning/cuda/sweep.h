@@ -12,6 +12,24 @@ namespace lightning {
 
 cudaError_t launch_sweep(const SweepParams& p, cudaStream_t stream);
 
+// Columns of c per CTA: keeps the fp32 state at 64 registers a thread on tensor cores.
+constexpr int mma_slice_for(int width_ab) { return width_ab <= 128 ? 64 : 32; }
+constexpr int kFfmaSlice = 64;
+// The slice of the instantiation that runs p (grid.x = ceil(width_c / slice)).
+int sweep_slice_width(const SweepParams& p);
+
+// Sequence splitting (sweep_split.cu). With few CTAs (small batch x heads) a sweep runs in
+// three steps: every chunk's own state from zero (no output), a prefix over the chunks that
+// turns them into start states, then the full sweep of every chunk from its start state.
+struct SweepSplit {
+  int chunks;          // 1: not split
+  int64_t chunk_rows;  // a multiple of every kernel's block
+};
+SweepSplit plan_sweep_split(const SweepParams& p);  // for the current device
+int64_t sweep_workspace_floats(const SweepParams& p);  // 0 when not split
+// The sweep, split when plan_sweep_split says so; workspace holds sweep_workspace_floats(p).
+cudaError_t run_sweep(const SweepParams& p, float* workspace, cudaStream_t stream);
+
 // One explicit instantiation per (element type, width_ab bucket) lives in its own .cu so the
 // build compiles them in parallel; `Elem` is float (exact FFMA path), __half or __nv_bfloat16.
 template <typename Elem, int kWidthAB>

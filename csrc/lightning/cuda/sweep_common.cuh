@@ -8,10 +8,13 @@
 
 namespace lightning {
 
-// The work of one CTA: grid = (column slices of c, heads, sequences).
+// The work of one CTA: grid = (column slices of c, heads, sequences x chunks). Unsplit sweeps
+// have one chunk per sequence; a split sweep's chunk is rows [chunk * chunk_rows, ...) of the
+// sequence in sweep order, and `length` counts only its rows.
 struct SweepSeq {
   int head, item, c0, block;
-  int64_t batch, begin, length;
+  int chunk, chunks;
+  int64_t batch, length;
   int64_t start;  // token of sweep row 0: the first token, or the last one when reverse
   int dir;        // +1, or -1 when reverse: token = start + dir * (sweep row)
   int num_blocks;
@@ -25,19 +28,33 @@ struct SweepSeq {
   __device__ SweepSeq(const SweepParams& p, int slice, int block_rows) {
     c0 = blockIdx.x * slice;
     head = blockIdx.y;
-    const int seq = blockIdx.z;
+    chunks = p.chunks;
+    const int seq = blockIdx.z / chunks;
+    chunk = blockIdx.z % chunks;
     item = seq * p.heads + head;
     const SeqRange r = seq_range(p.cu_seqlens, p.seqlen, seq);
-    begin = r.begin;
     length = r.end - r.begin;
     batch = p.cu_seqlens ? 0 : seq;
-    block = block_rows;
-    num_blocks = static_cast<int>((length + block - 1) / block);
     reverse = p.reverse;
     decay_shift = p.reverse ? 1 : 0;
-    start = reverse ? begin + length - 1 : begin;
+    start = reverse ? r.end - 1 : r.begin;
     dir = reverse ? -1 : 1;
+    if (chunks > 1) {
+      const int64_t skipped = chunk * p.chunk_rows;
+      start += dir * skipped;
+      length = length - skipped < p.chunk_rows ? length - skipped : p.chunk_rows;
+      if (length < 0) length = 0;
+    }
+    block = block_rows;
+    num_blocks = static_cast<int>((length + block - 1) / block);
     rate = p.slope ? p.slope[head] : 0.f;
+  }
+
+  // Which state a view holds for this CTA (StateView), and whether it takes part.
+  __device__ int64_t state_index(const StateView& v) const { return v.per_chunk ? int64_t(item) * chunks + chunk : item; }
+  __device__ bool reads_init(const StateView& v) const { return v.ptr != nullptr && (v.per_chunk || chunk == 0); }
+  __device__ bool writes_final(const StateView& v) const {
+    return v.ptr != nullptr && (v.per_chunk || chunk == chunks - 1);
   }
 
   // lambda^x
@@ -67,7 +84,7 @@ struct SweepSeq {
   __device__ int64_t token(int blk, int r) const {
     const int64_t local = static_cast<int64_t>(blk) * block + r;
     if (local >= length) return -1;
-    return reverse ? begin + length - 1 - local : begin + local;
+    return start + dir * local;
   }
 
   template <typename T>
@@ -75,22 +92,23 @@ struct SweepSeq {
     return static_cast<T*>(const_cast<void*>(base)) + batch * s.b + head * s.h + tok * s.n;
   }
 
-  // Element (i, c0 + j) of this item's state, 0 outside the state or without one.
+  // Element (i, c0 + j) of the state this CTA starts from, 0 outside the state or without one.
   __device__ float load_state(const SweepParams& p, int i, int j) const {
     const StateView& v = p.init_state;
-    if (v.ptr == nullptr || i >= p.width_ab || c0 + j >= p.width_c) return 0.f;
-    return v.ptr[item * v.item_stride + i * v.row + (c0 + j) * v.col];
+    if (!reads_init(v) || i >= p.width_ab || c0 + j >= p.width_c) return 0.f;
+    return v.ptr[state_index(v) * v.item_stride + i * v.row + (c0 + j) * v.col];
   }
+  // Callers check writes_final(p.final_state) first.
   __device__ void store_state(const SweepParams& p, int i, int j, float x) const {
     const StateView& v = p.final_state;
     if (i >= p.width_ab || c0 + j >= p.width_c) return;
-    v.ptr[item * v.item_stride + i * v.row + (c0 + j) * v.col] = x;
+    v.ptr[state_index(v) * v.item_stride + i * v.row + (c0 + j) * v.col] = x;
   }
 };
 
-// An empty sequence leaves its state as it was.
+// An empty sequence (or chunk) leaves its state as it was.
 __device__ inline void copy_state_through(const SweepParams& p, const SweepSeq& seq, int rows, int slice) {
-  if (p.final_state.ptr == nullptr) return;
+  if (!seq.writes_final(p.final_state)) return;
   for (int x = threadIdx.x; x < rows * slice; x += blockDim.x)
     seq.store_state(p, x / slice, x % slice, seq.load_state(p, x / slice, x % slice));
 }

@@ -13,6 +13,11 @@ cudaError_t launch_sweep_width(const SweepParams& p, cudaStream_t stream) {
   return launch_sweep_for<Elem, 256>(p, stream);
 }
 
+int sweep_slice_width(const SweepParams& p) {
+  if (p.dtype == DType::kFloat32) return kFfmaSlice;
+  return mma_slice_for(p.width_ab <= 64 ? 64 : p.width_ab <= 128 ? 128 : 256);
+}
+
 cudaError_t launch_sweep(const SweepParams& p, cudaStream_t stream) {
   switch (p.dtype) {
     case DType::kFloat32: return launch_sweep_width<float>(p, stream);

@@ -44,6 +44,36 @@ __device__ __forceinline__ void load_block_ffma(const SweepParams& p, const Swee
   }
 }
 
+// out_t = diag(inter_scale * qd) (a_t S) + ((a_t b_t^T) * D) c_t, out_scale folded into D;
+// every thread of the CTA calls it.
+template <typename Tr>
+__device__ void sweep_ffma_output(const SweepParams& p, const SweepSeq& seq, int blk, int m, const float* sa,
+                                  const float* sb, const float* sc, const float* s_state, float* sp,
+                                  const float* decay) {
+  const int width = p.width_ab;
+  const float out_scale = static_cast<float>(p.out_scale), inter_scale = static_cast<float>(p.inter_scale);
+  const int j = threadIdx.x % Tr::kSliceC;
+  constexpr int kRowStep = Tr::kThreads / Tr::kSliceC;
+  // P = (a_t b_t^T) * D, with out_scale folded into D
+  for (int x = threadIdx.x; x < Tr::kBlock * Tr::kBlock; x += Tr::kThreads) {
+    const int r = x / Tr::kBlock, c = x % Tr::kBlock;
+    float dot = 0.f;
+    if (c <= r)
+      for (int i = 0; i < width; ++i) dot = fmaf(sa[r * Tr::kLdAB + i], sb[c * Tr::kLdAB + i], dot);
+    sp[r * Tr::kLdP + c] = dot * causal_decay(decay, out_scale, r, c);
+  }
+  __syncthreads();
+
+  // out = diag(inter_scale * qd) (a_t S) + P c_t
+  for (int r = threadIdx.x / Tr::kSliceC; r < m; r += kRowStep) {
+    float inter = 0.f, intra = 0.f;
+    for (int i = 0; i < width; ++i) inter = fmaf(sa[r * Tr::kLdAB + i], s_state[i * Tr::kSliceC + j], inter);
+    for (int c = 0; c <= r; ++c) intra = fmaf(sp[r * Tr::kLdP + c], sc[c * Tr::kLdC + j], intra);
+    if (seq.c0 + j < p.width_c)
+      seq.row<float>(p.out, p.out_stride, seq.token(blk, r))[seq.c0 + j] = inter_scale * seq.inter_decay(decay, r) * inter + intra;
+  }
+}
+
 template <typename Tr>
 __global__ void __launch_bounds__(Tr::kThreads) sweep_ffma_kernel(const __grid_constant__ SweepParams p) {
   extern __shared__ __align__(16) char smem_raw[];
@@ -59,7 +89,6 @@ __global__ void __launch_bounds__(Tr::kThreads) sweep_ffma_kernel(const __grid_c
     return;
   }
   const int width = p.width_ab;
-  const float out_scale = static_cast<float>(p.out_scale), inter_scale = static_cast<float>(p.inter_scale);
   const float state_scale = static_cast<float>(p.state_scale);
   const int j = threadIdx.x % Tr::kSliceC;               // this thread's column of c / out / S
   constexpr int kRowStep = Tr::kThreads / Tr::kSliceC;
@@ -74,24 +103,7 @@ __global__ void __launch_bounds__(Tr::kThreads) sweep_ffma_kernel(const __grid_c
     load_block_ffma<Tr>(p, seq, blk, sa, sb, sc);
     __syncthreads();
 
-    // P = (a_t b_t^T) * D, with out_scale folded into D
-    for (int x = threadIdx.x; x < Tr::kBlock * Tr::kBlock; x += Tr::kThreads) {
-      const int r = x / Tr::kBlock, c = x % Tr::kBlock;
-      float dot = 0.f;
-      if (c <= r)
-        for (int i = 0; i < width; ++i) dot = fmaf(sa[r * Tr::kLdAB + i], sb[c * Tr::kLdAB + i], dot);
-      sp[r * Tr::kLdP + c] = dot * causal_decay(decay, out_scale, r, c);
-    }
-    __syncthreads();
-
-    // out = diag(inter_scale * qd) (a_t S) + P c_t
-    for (int r = threadIdx.x / Tr::kSliceC; r < m; r += kRowStep) {
-      float inter = 0.f, intra = 0.f;
-      for (int i = 0; i < width; ++i) inter = fmaf(sa[r * Tr::kLdAB + i], s_state[i * Tr::kSliceC + j], inter);
-      for (int c = 0; c <= r; ++c) intra = fmaf(sp[r * Tr::kLdP + c], sc[c * Tr::kLdC + j], intra);
-      if (seq.c0 + j < p.width_c)
-        seq.row<float>(p.out, p.out_stride, seq.token(blk, r))[seq.c0 + j] = inter_scale * seq.inter_decay(decay, r) * inter + intra;
-    }
+    if (p.out != nullptr) sweep_ffma_output<Tr>(p, seq, blk, m, sa, sb, sc, s_state, sp, decay);
     __syncthreads();  // every thread has read S
 
     // S = lambda^m S + state_scale * (diag(kd) b_t)^T c_t
@@ -103,7 +115,7 @@ __global__ void __launch_bounds__(Tr::kThreads) sweep_ffma_kernel(const __grid_c
     }
   }
 
-  if (p.final_state.ptr != nullptr) {
+  if (seq.writes_final(p.final_state)) {
     __syncthreads();
     for (int i = threadIdx.x / Tr::kSliceC; i < Tr::kWidthAB; i += kRowStep)
       seq.store_state(p, i, j, s_state[i * Tr::kSliceC + j]);

@@ -10,9 +10,6 @@
 
 namespace lightning {
 
-// Columns of c per CTA: keeps the fp32 state at 64 registers a thread on tensor cores.
-constexpr int mma_slice_for(int width_ab) { return width_ab <= 128 ? 64 : 32; }
-constexpr int kFfmaSlice = 64;
 
 template <typename Kernel>
 cudaError_t launch_with_smem(Kernel kernel, const SweepParams& p, int slice, int threads, size_t smem,

@@ -94,6 +94,7 @@ struct BlockCopier {
   int row_ab, row_c;            // first row of each block this thread copies
   int col_ab, col_c;
   bool ab_cols_ok, c_cols_ok;   // this thread's columns lie inside width_ab / width_c
+  bool copy_a;                  // a is read only for the output
   int64_t off_a, off_b, off_c;  // element offsets of those rows in the next block to copy
 
   // tid: the thread's index among the kThreads copying threads.
@@ -104,6 +105,7 @@ struct BlockCopier {
     row_c = tid / kCChunks;
     ab_cols_ok = col_ab < p.width_ab;
     c_cols_ok = seq.c0 + col_c < p.width_c;
+    copy_a = p.out != nullptr;
     off_a = seq.row_offset(p.a_stride, row_ab) + col_ab;
     off_b = seq.row_offset(p.b_stride, row_ab) + col_ab;
     off_c = seq.row_offset(p.c_stride, row_c) + seq.c0 + col_c;
@@ -133,7 +135,7 @@ struct BlockCopier {
     for (int k = 0; k < Tr::kBlock / kAbRowStep; ++k, pa += step_a, pb += step_b) {
       const bool ok = ab_cols_ok && row_ab + k * kAbRowStep < m;
       const int dst = smem_offset<typename Tr::LayoutAB, kAbRowStep>(row_ab, col_ab, k);
-      tile::cp_async_16(sa + dst, ok ? pa : a, ok);
+      if (copy_a) tile::cp_async_16(sa + dst, ok ? pa : a, ok);
       tile::cp_async_16(sb + dst, ok ? pb : b, ok);
     }
 #pragma unroll
@@ -295,7 +297,7 @@ __device__ __forceinline__ void run_state_warp(const SweepParams& p, const Sweep
     sweep_update_state<T, Tr>(rS, p, m, block_decay, smem.b(stage), smem.c(stage), smem.key_decay, s_row0, lane);
     store_state_smem<T, Tr>(rS, smem.state(stage ^ 1), s_row0, lane);
   }
-  if (p.final_state.ptr != nullptr)
+  if (seq.writes_final(p.final_state))
     for_state_fragments<Tr::kStateMTiles, Tr::kCTiles>(s_row0, lane, [&](int mt, int n, int e, int i, int j) {
       seq.store_state(p, i, j, rS[mt][n][e]);
     });
@@ -313,6 +315,7 @@ __device__ __forceinline__ void run_output_warp(const SweepParams& p, const Swee
   for (int blk = 0; blk < seq.num_blocks; ++blk) {
     const int stage = blk % 2;
     begin_block<Tr>();
+    if (p.out == nullptr) continue;  // a state-only sweep: the output warps just keep step
     sweep_output_rows<T, Tr>(p, seq, blk, seq.rows_in_block(blk), smem.a(stage), smem.b(stage), smem.c(stage),
                              smem.state(stage), smem.out_decay, qd_lo, qd_hi, ow, lane);
   }
