@@ -16,7 +16,7 @@ cudaError_t launch_with_smem(Kernel kernel, const SweepParams& p, int slice, int
                              cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  const dim3 grid((p.width_c + slice - 1) / slice, p.heads, p.num_seqs);
+  const dim3 grid((p.width_c + slice - 1) / slice, p.heads, p.num_seqs * p.chunks);  // z: sequence x chunk
   kernel<<<grid, threads, smem, stream>>>(p);
   return cudaGetLastError();
 }
