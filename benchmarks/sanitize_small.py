@@ -72,7 +72,9 @@ def attn_ref(q, k, v, slope, scale=1.0, h0=None):
 def lightning_cases(dev):
     import lightning
 
-    shapes = [(2, 3, 70, 64, 64), (1, 2, 130, 128, 96), (1, 2, 33, 192, 256), (2, 1, 1, 16, 32)]
+    # the last one is long enough for a split sweep (2 chunks: cuda/sweep_split.cu)
+    shapes = [(2, 3, 70, 64, 64), (1, 2, 130, 128, 96), (1, 2, 33, 192, 256), (2, 1, 1, 16, 32),
+              (1, 1, 2100, 32, 48)]
     for dt_name, dt in DTYPES.items():
         for (b, h, n, d, e) in shapes:
             for layout in ("bhnd", "bnhd"):
