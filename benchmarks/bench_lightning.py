@@ -569,8 +569,14 @@ def merge_earlier(result, args):
     kept = [r for r in earlier.get("rows", []) if r.get("section") not in args.sections]
     result["rows"] += kept
     result["sections_done"] += [s for s in earlier.get("sections_done", []) if s not in args.sections]
-    result["merged"] = {"file": os.path.basename(args.merge), "meta": earlier.get("meta"),
-                        "sections": sorted({r.get("section") for r in kept})}
+    # one entry per earlier run whose rows survive, so the report can say where each came from
+    kept_sections = {r.get("section") for r in kept}
+    older = earlier.get("merged", [])
+    older = [older] if isinstance(older, dict) else older
+    older = [m for m in older if kept_sections & set(m.get("sections", []))]
+    own = kept_sections - {s for m in older for s in m.get("sections", [])}
+    result["merged"] = older + ([{"file": os.path.basename(args.merge), "meta": earlier.get("meta"),
+                                  "sections": sorted(own)}] if own else [])
     print(f"[bench_lightning] kept {len(kept)} rows of {result['merged']['sections']} from {args.merge}", flush=True)
 
 

@@ -70,6 +70,17 @@ def meta_line(meta, extra=""):
     return "_" + ", ".join(str(b) for b in bits if b) + (f"; {extra}" if extra else "") + "_"
 
 
+def merged_lines(res):
+    """Where the sections of earlier runs (bench_lightning --merge) come from, a line each."""
+    merged = res.get("merged", [])
+    merged = [merged] if isinstance(merged, dict) else merged
+    lines = []
+    for m in merged:
+        run = meta_line(m.get("meta") or {}, m.get("note", ""))  # "_..._"
+        lines.append(f"_{', '.join(m.get('sections', []))} from an earlier run: {run[1:]}")
+    return lines
+
+
 def check(ok, text):
     mark = "-" if ok is None else ("PASS" if ok else "FAIL")
     return f"- {mark}: {text}"
@@ -91,6 +102,7 @@ def lightning_markdown(res):
 
     ceil = res.get("ceilings", {}).get("copy_gbps")
     md = [meta_line(res.get("meta", {}), f"copy bandwidth {f(ceil, 0)} GB/s" if ceil else "")]
+    md += merged_lines(res)
     md.append("")
     md.append("Speedup = peer time / our time (> 1: ours faster). % floor = HBM floor (fwd: read q, k, v, "
               "write o; fwd+bwd: also read q, k, v, dO, write dq, dk, dv) over the measured time.")
