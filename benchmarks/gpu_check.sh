@@ -17,6 +17,9 @@
 #   bench-im2win     benchmarks/bench_im2win.py --out $OUT      (+ $BENCH_IM2WIN_ARGS)
 #   report           benchmarks/report.py on $OUT: report.md, lightning.png, im2win.png
 #                    (runs by itself after any bench step)
+#   demo             `make demo` (the main job at its GPU size) on the build above, through a
+#                    venv shim over this python whose stamps say "installed, built" (the
+#                    device cannot pip install); demo.log and demo.png
 #
 # Files in $OUT (at most 8 come back): build_test.log (build, import check, tests),
 # check.log (ctest, sanitizer), bench.log, lightning.json, im2win.json, report.md,
@@ -52,10 +55,10 @@ if [ $# -eq 0 ]; then
 fi
 for a in "$@"; do
   case "$a" in
-    build|tests|ctest|sanitizer|bench-lightning|bench-im2win|report) WANT[$a]=1 ;;
+    build|tests|ctest|sanitizer|bench-lightning|bench-im2win|report|demo) WANT[$a]=1 ;;
     quick) QUICK="--quick" ;;
     all) for s in build tests ctest sanitizer bench-lightning bench-im2win; do WANT[$s]=1; done ;;
-    *) echo "gpu_check.sh: unknown step '$a' (build tests ctest sanitizer quick bench-lightning bench-im2win report all)"; exit 2 ;;
+    *) echo "gpu_check.sh: unknown step '$a' (build tests ctest sanitizer quick bench-lightning bench-im2win report demo all)"; exit 2 ;;
   esac
 done
 want() { [ -n "${WANT[$1]:-}" ]; }
@@ -220,6 +223,21 @@ if want bench-im2win; then
 fi
 if want report || [ $BENCHED = 1 ]; then
   run_step report "$BENCH_LOG" bash -c "'$PY' benchmarks/report.py --results '$OUT' --png-dir '$OUT' > '$OUT/report.md'"
+fi
+
+# ------------------------------------------------------------------------------ demo
+run_demo() {
+  local shim=/tmp/demo-venv
+  mkdir -p "$shim/bin"
+  printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v "$PY")" > "$shim/bin/python"
+  chmod +x "$shim/bin/python"
+  touch "$shim/.installed"; sleep 1; touch "$shim/.built"  # newer than the sources: no rebuild
+  make demo VENV="$shim" && cp examples/demo.png "$OUT/"
+}
+export -f run_demo
+export OUT
+if want demo; then
+  run_step demo "$OUT/demo.log" timeout "${DEMO_TIMEOUT:-420}" bash -c run_demo
 fi
 
 # ------------------------------------------------------------------------------ summary
