@@ -7,7 +7,9 @@ Columns ("precisions"):
   tf32      TF32 allowed (allow_tf32 = True) for both
   bf16      bf16 NCHW
   bf16_cl   bf16 channels_last (input and weight), output in channels_last
-  fp32_fb   fp32 exact, one forward + one backward (input and weight gradients)
+  fp32_fb   fp32 exact, one forward + one backward (input and weight gradients); the json
+            also has each gradient's backward alone (ms_dgrad, ms_wgrad), to see which one
+            a slow fwd+bwd comes from
 TFLOP/s = 2*N*K*Ho*Wo*(C/groups)*FH*FW / time (x3 for fp32_fb: forward, dgrad, wgrad),
 transform included for ours. Memory: peak allocated during the call beyond what existed
 before it, minus the output (and for fp32_fb the two gradients): workspaces and window
@@ -86,6 +88,22 @@ def load_ours():
     return im2win.conv2d
 
 
+def backward_alone_ms(conv, x, wt, dy, s, p, args):
+    """The backward of one gradient alone (input, then weight): only that operand requires
+    grad, so both im2win and cuDNN are asked for that gradient only; the graph is kept and
+    only the backward is timed."""
+    times = []
+    for want_input in (True, False):
+        xi = x.detach().requires_grad_(want_input)
+        wi = wt.detach().requires_grad_(not want_input)
+        y = conv(xi, wi, None, s, p)
+        leaf = xi if want_input else wi
+        times.append(common.bench_ms(lambda: torch.autograd.grad(y, [leaf], dy, retain_graph=True),
+                                     warmup=args.warmup, rep=args.rep, device=args.device))
+        del xi, wi, y
+    return times
+
+
 def run_layer(layer, batch, group, impls, args, budget):
     name, c, h, w, k, f, s, p = layer
     ho, wo = out_hw(h, w, f, s, p)
@@ -155,6 +173,7 @@ def run_layer(layer, batch, group, impls, args, budget):
                     grads = (x.numel() + wt.numel()) * x.element_size() / common.MIB
                     row["extra_mib"] = None if mib is None else max(mib - out_mib - grads, 0.0)
                     del xg, wg
+                    row["ms_dgrad"], row["ms_wgrad"] = backward_alone_ms(conv, x, wt, dy, s, p, args)
                 if row["ms"]:
                     row["tflops"] = row["gflop"] / row["ms"]
             except Exception as exc:  # noqa: BLE001
@@ -167,6 +186,8 @@ def run_layer(layer, batch, group, impls, args, budget):
             print(f"  {name:>17} {prec:>7} {impl_name:>5}: {common.fmt(row['ms'])} ms "
                   f"{common.fmt(row['tflops'], 1)} TFLOP/s extra {common.fmt(row['extra_mib'], 0)} MiB"
                   + (f" err {common.fmt(row['err_vs_cudnn'])}" if row.get("err_vs_cudnn") is not None else "")
+                  + (f" (dgrad {common.fmt(row['ms_dgrad'])} ms, wgrad {common.fmt(row['ms_wgrad'])} ms)"
+                     if row.get("ms_dgrad") is not None else "")
                   + (f"  ERROR {row['error']}" if row.get("error") else "")
                   + f"  ({time.time() - t0:.1f} s)", flush=True)
         del x, wt, dy, ref
