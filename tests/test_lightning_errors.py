@@ -99,6 +99,27 @@ def test_bad_slope_value(device, value):
     expect_error(ValueError, r"slope must be >= 0", lambda: lightning.attn(q, k, v, slope), q, k, v, slope)
 
 
+def test_slope_written_after_a_good_call(device):
+    """A slope's values are checked once per tensor and version (the check synchronises with
+    the GPU): writes after a call that passed, in place or through a view, are checked again,
+    and so is the decode step."""
+    q, k, v = inputs(device)
+    slope = lightning.build_slopes(H, device=device)
+    lightning.attn(q, k, v, slope)
+    lightning.attn(q, k, v, slope)  # remembered
+    with torch.no_grad():
+        slope[1] = -0.5
+    expect_error(ValueError, r"slope must be >= 0", lambda: lightning.attn(q, k, v, slope), q, k, v, slope)
+    slope[1] = 0.5
+    lightning.attn(q, k, v, slope)
+    slope.view(H)[2] = float("nan")
+    expect_error(ValueError, r"slope must be >= 0", lambda: lightning.attn(q, k, v, slope), q, k, v, slope)
+    state = torch.zeros(B, H, D, E, device=device)
+    expect_error(ValueError, r"slope must be >= 0",
+                 lambda: lightning.attn_decode(q[:, :, 0], k[:, :, 0], v[:, :, 0], state, slope),
+                 q, k, v, slope, state)
+
+
 @pytest.mark.parametrize("shape", [(H + 1,), (1, H), ()], ids=["H+1", "1xH", "scalar"])
 def test_slope_wrong_shape(device, shape):
     q, k, v = inputs(device)

@@ -8,6 +8,7 @@
 #include <optional>
 #include <tuple>
 
+#include "../common/passed_checks.h"
 #include "../common/python_module.h"
 #include "../common/torch_utils.h"
 #include "attn_params.h"
@@ -99,9 +100,12 @@ void check_slope(const optional<Tensor>& slope, const Tensor& q, int64_t heads, 
   TORCH_CHECK_VALUE(slope->dim() == 1 && slope->size(0) == heads, op,
                     ": slope must have shape (H,) = (", heads, ",), got ", slope->sizes());
   check_dtype(*slope, at::kFloat, op, "slope");
-  if (can_read_values(*slope))
+  static PassedValueChecks valid_slopes;  // the check synchronises with the GPU
+  if (can_read_values(*slope) && !valid_slopes.contains(*slope)) {
     TORCH_CHECK_VALUE(slope->ge(0).all().item<bool>(), op,
                       ": slope must be >= 0 (and not NaN) for every head");
+    valid_slopes.add(*slope);
+  }
 }
 
 void check_state(const Tensor& state, const Tensor& q, int64_t seqs, int64_t heads,
