@@ -18,7 +18,6 @@ struct SweepSeq {
   int64_t start;  // token of sweep row 0: the first token, or the last one when reverse
   int dir;        // +1, or -1 when reverse: token = start + dir * (sweep row)
   int num_blocks;
-  bool reverse;
   float rate;     // the head's decay rate s (lambda = exp(-s)), 0 without slopes
   // Forward sweeps start from the state before token 0, which reaches row r of a block
   // through lambda^(r+1); reverse sweeps start from the gradient of the state after the last
@@ -35,10 +34,9 @@ struct SweepSeq {
     const SeqRange r = seq_range(p.cu_seqlens, p.seqlen, seq);
     length = r.end - r.begin;
     batch = p.cu_seqlens ? 0 : seq;
-    reverse = p.reverse;
     decay_shift = p.reverse ? 1 : 0;
-    start = reverse ? r.end - 1 : r.begin;
-    dir = reverse ? -1 : 1;
+    start = p.reverse ? r.end - 1 : r.begin;
+    dir = p.reverse ? -1 : 1;
     if (chunks > 1) {
       const int64_t skipped = chunk * p.chunk_rows;
       start += dir * skipped;
