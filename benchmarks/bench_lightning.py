@@ -573,9 +573,7 @@ def merge_earlier(result, args):
     result["sections_done"] += [s for s in earlier.get("sections_done", []) if s not in args.sections]
     # one entry per earlier run whose rows survive, so the report can say where each came from
     kept_sections = {r.get("section") for r in kept}
-    older = earlier.get("merged", [])
-    older = [older] if isinstance(older, dict) else older
-    older = [m for m in older if kept_sections & set(m.get("sections", []))]
+    older = [m for m in earlier.get("merged", []) if kept_sections & set(m.get("sections", []))]
     own = kept_sections - {s for m in older for s in m.get("sections", [])}
     result["merged"] = older + ([{"file": os.path.basename(args.merge), "meta": earlier.get("meta"),
                                   "sections": sorted(own)}] if own else [])

@@ -231,7 +231,7 @@ run_demo() {
   mkdir -p "$shim/bin"
   printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v "$PY")" > "$shim/bin/python"
   chmod +x "$shim/bin/python"
-  touch "$shim/.installed"; sleep 1; touch "$shim/.built"  # newer than the sources: no rebuild
+  touch "$shim/.installed" "$shim/.built"  # not older than the sources: make does not rebuild
   make demo VENV="$shim" && cp examples/demo.png "$OUT/"
 }
 export -f run_demo

@@ -72,10 +72,8 @@ def meta_line(meta, extra=""):
 
 def merged_lines(res):
     """Where the sections of earlier runs (bench_lightning --merge) come from, a line each."""
-    merged = res.get("merged", [])
-    merged = [merged] if isinstance(merged, dict) else merged
     lines = []
-    for m in merged:
+    for m in res.get("merged", []):
         run = meta_line(m.get("meta") or {}, m.get("note", ""))  # "_..._"
         lines.append(f"_{', '.join(m.get('sections', []))} from an earlier run: {run[1:]}")
     return lines
