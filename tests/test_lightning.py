@@ -190,7 +190,7 @@ def test_reference_definition_by_hand():
 
 # Every head-dim class for D and E, mostly with D != E, at a length with a tail block.
 DIM_PAIRS = [(16, 32), (32, 16), (64, 96), (96, 64), (128, 192), (192, 128), (256, 16),
-             (16, 256), (256, 256), (128, 128), (48, 80), (240, 112)]
+             (16, 256), (256, 256), (128, 128), (48, 80), (240, 112), (176, 144)]
 
 
 @pytest.mark.parametrize("d,e", DIM_PAIRS, ids=[f"d{d}-e{e}" for d, e in DIM_PAIRS])

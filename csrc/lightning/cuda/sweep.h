@@ -12,8 +12,10 @@ namespace lightning {
 
 cudaError_t launch_sweep(const SweepParams& p, cudaStream_t stream);
 
-// Columns of c per CTA: keeps the fp32 state at 64 registers a thread on tensor cores.
-constexpr int mma_slice_for(int width_ab) { return width_ab <= 128 ? 64 : 32; }
+// Columns of c per CTA on tensor cores: the fp32 state takes width_ab / 4 x slice / 32
+// registers a thread (64 at 128 x 64, 96 at 192 x 64, 64 at 256 x 32). A wider slice means
+// fewer CTAs repeating the same a_t b_t^T.
+constexpr int mma_slice_for(int width_ab) { return width_ab <= 192 ? 64 : 32; }
 constexpr int kFfmaSlice = 64;
 // The slice of the instantiation that runs p (grid.x = ceil(width_c / slice)).
 int sweep_slice_width(const SweepParams& p);

@@ -81,19 +81,24 @@ struct SweepMmaSmem {
 // The cp.async copies of a block, made by the state warps alone (the output warps have the
 // longer per-block path). Each copying thread owns the same rows (every kRowStep-th from its
 // first) and the same 16-byte column chunk of a, b and the c slice in every block, so moving
-// on to the next block is one step per operand.
+// on to the next block is one step per operand. When the chunks of an a/b row do not divide
+// the copying threads (24 at width 192), the threads past whole rows copy no a/b, and the
+// last pass stops at the block's end.
 template <typename T, typename Tr>
 struct BlockCopier {
   static constexpr int kThreads = Tr::kStateWarps * 32;
   static constexpr int kChunk = 8;  // elements per 16-byte copy
   static constexpr int kAbChunks = Tr::kWidthAB / kChunk, kAbRowStep = kThreads / kAbChunks;
+  static constexpr int kAbPasses = (Tr::kBlock + kAbRowStep - 1) / kAbRowStep;
+  static constexpr bool kAbRagged = Tr::kBlock % kAbRowStep != 0 || kThreads % kAbChunks != 0;
   static constexpr int kCChunks = Tr::kSliceC / kChunk, kCRowStep = kThreads / kCChunks;
-  static_assert(kThreads % kAbChunks == 0 && Tr::kBlock % kAbRowStep == 0, "a/b copy plan");
+  static_assert(kAbRowStep >= 1 && Tr::kWidthAB % kChunk == 0, "a/b copy plan");
   static_assert(kThreads % kCChunks == 0 && Tr::kBlock % kCRowStep == 0, "c copy plan");
 
   int row_ab, row_c;            // first row of each block this thread copies
   int col_ab, col_c;
   bool ab_cols_ok, c_cols_ok;   // this thread's columns lie inside width_ab / width_c
+  bool ab_active;               // this thread copies a/b at all (not past the whole rows)
   bool copy_a;                  // a is read only for the output
   int64_t off_a, off_b, off_c;  // element offsets of those rows in the next block to copy
 
@@ -104,6 +109,7 @@ struct BlockCopier {
     row_ab = tid / kAbChunks;
     row_c = tid / kCChunks;
     ab_cols_ok = col_ab < p.width_ab;
+    ab_active = tid < kAbRowStep * kAbChunks;
     c_cols_ok = seq.c0 + col_c < p.width_c;
     copy_a = p.out != nullptr;
     off_a = seq.row_offset(p.a_stride, row_ab) + col_ab;
@@ -132,8 +138,10 @@ struct BlockCopier {
     const int64_t step_a = seq.dir * kAbRowStep * p.a_stride.n, step_b = seq.dir * kAbRowStep * p.b_stride.n;
     const int64_t step_c = seq.dir * kCRowStep * p.c_stride.n;
 #pragma unroll
-    for (int k = 0; k < Tr::kBlock / kAbRowStep; ++k, pa += step_a, pb += step_b) {
-      const bool ok = ab_cols_ok && row_ab + k * kAbRowStep < m;
+    for (int k = 0; k < kAbPasses; ++k, pa += step_a, pb += step_b) {
+      const int row = row_ab + k * kAbRowStep;
+      if (kAbRagged && (!ab_active || row >= Tr::kBlock)) continue;  // not a row of this stage
+      const bool ok = ab_cols_ok && row < m;
       const int dst = smem_offset<typename Tr::LayoutAB, kAbRowStep>(row_ab, col_ab, k);
       if (copy_a) tile::cp_async_16(sa + dst, ok ? pa : a, ok);
       tile::cp_async_16(sb + dst, ok ? pb : b, ok);

@@ -225,6 +225,7 @@ int run_dtype(std::mt19937& rng) {
   const Shape shapes[] = {
       {2, 3, 1, 64, 64, true, true},     {2, 3, 130, 128, 128, true, true}, {1, 2, 200, 96, 160, true, false},
       {1, 2, 77, 256, 256, false, true}, {2, 1, 65, 16, 48, true, true},    {1, 2, 513, 192, 64, true, true},
+      {1, 2, 150, 176, 144, true, false},  // the 192 bucket with masked columns
       {1, 2, 3109, 64, 64, true, true},  // few CTAs, 49 blocks: the sweeps run split in 3 chunks
   };
   int failures = 0;
