@@ -141,11 +141,11 @@ struct WarpMmaTile {
   template <int BK, class LayoutA, class LayoutB>
   __device__ void mma_AB(const T* sA, const T* sB, int m0, int n0, int lane) {
     static_assert(BK % K_STEP == 0, "whole mma k steps");
+    if constexpr (kTf32) {
+      const int g = lane / 4, t = lane % 4;
 #pragma unroll
-    for (int k0 = 0; k0 < BK; k0 += K_STEP) {
-      FragA rA[MI];  // (WM, K_STEP) fragments
-      if constexpr (kTf32) {
-        const int g = lane / 4, t = lane % 4;
+      for (int k0 = 0; k0 < BK; k0 += K_STEP) {
+        FragA rA[MI];  // (WM, K_STEP) fragments
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi) {
           const int m = m0 + mi * 16 + g;
@@ -162,15 +162,35 @@ struct WarpMmaTile {
 #pragma unroll
           for (int mi = 0; mi < MI; ++mi) mma_m16n8k8_tf32(acc[mi][ni], rA[mi], b0, b1);
         }
-      } else {
+      }
+    } else {
+      mma_16bit<BK, LayoutA>(sA, m0, lane, [&](int k0, int n) { return load_b_kn<LayoutB>(sB, k0, n0 + n, lane); });
+    }
+  }
+
+  // acc += A B with B stored by columns, sBt[n][k] (both operands K-major, as channels-last
+  // convolution tiles are): ldmatrix without transposition gives B's fragments. 16-bit only.
+  template <int BK, class LayoutA, class LayoutBt>
+  __device__ void mma_ABt(const T* sA, const T* sBt, int m0, int n0, int lane) {
+    static_assert(!kTf32 && BK % K_STEP == 0, "16-bit operands, whole mma k steps");
+    mma_16bit<BK, LayoutA>(sA, m0, lane, [&](int k0, int n) { return load_b_nk<LayoutBt>(sBt, n0 + n, k0, lane); });
+  }
+
+ private:
+  // The 16-bit product over BK: A's fragments by ldmatrix, B's two n8 tiles at warp column n
+  // from load_b(k0, n).
+  template <int BK, class LayoutA, class LoadB>
+  __device__ void mma_16bit(const T* sA, int m0, int lane, LoadB&& load_b) {
 #pragma unroll
-        for (int mi = 0; mi < MI; ++mi) rA[mi] = load_a<LayoutA>(sA, m0 + mi * 16, k0, lane);
+    for (int k0 = 0; k0 < BK; k0 += K_STEP) {
+      FragA rA[MI];  // (WM, K_STEP) fragments
 #pragma unroll
-        for (int nj = 0; nj < NI; nj += 2) {
-          const FragB2 rB = load_b_kn<LayoutB>(sB, k0, n0 + nj * 8, lane);  // (K_STEP, 16)
+      for (int mi = 0; mi < MI; ++mi) rA[mi] = load_a<LayoutA>(sA, m0 + mi * 16, k0, lane);
 #pragma unroll
-          for (int mi = 0; mi < MI; ++mi) mma_16x16<T>(acc[mi][nj], acc[mi][nj + 1], rA[mi], rB);
-        }
+      for (int nj = 0; nj < NI; nj += 2) {
+        const FragB2 rB = load_b(k0, nj * 8);  // (K_STEP, 16)
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) mma_16x16<T>(acc[mi][nj], acc[mi][nj + 1], rA[mi], rB);
       }
     }
   }
