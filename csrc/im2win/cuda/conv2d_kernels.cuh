@@ -21,6 +21,10 @@ cudaError_t conv2d_fwd_nhwc(const Conv2dParams& p, cudaStream_t stream);
 // conv2d_bwd_data.cu: grad_input = the transposed convolution of grad_output, as a gather.
 cudaError_t conv2d_bwd_data_gemm(const Conv2dBwdParams& p, cudaStream_t stream);
 
+// conv2d_bwd_data_direct.cu: the same without a GEMM for at most 4 channels per group.
+bool conv2d_bwd_data_direct_supported(const Conv2dBwdParams& p);
+cudaError_t conv2d_bwd_data_direct(const Conv2dBwdParams& p, cudaStream_t stream);
+
 // conv2d_bwd_weight.cu: grad_weight through fp32 partial sums in `workspace` (split
 // reduction), and grad_bias.
 size_t conv2d_bwd_weight_workspace_bytes(const Conv2dBwdParams& p);
