@@ -74,16 +74,17 @@ TILE_UNROLL
   };
 };
 
-// Tensor cores (mma.sync) with fp32 accumulators; T = float means TF32. A k-slice is one
-// 64-byte row per operand row: BK = 16 (tf32) or 32 (fp16/bf16).
-template <class T, int BM_, int BN_, int WARPS_M, int WARPS_N>
+// Tensor cores (mma.sync) with fp32 accumulators; T = float means TF32, or with kSplit
+// exact fp32 as 3xTF32 (shared memory then keeps the fp32 values). A k-slice is one 64-byte
+// row per operand row: BK = 16 (fp32) or 32 (fp16/bf16).
+template <class T, int BM_, int BN_, int WARPS_M, int WARPS_N, bool kSplit = false>
 struct MmaTraits {
   static constexpr bool kTf32 = std::is_same<T, float>::value;
   using SmemT = T;
   static constexpr int BM = BM_, BN = BN_, BK = 64 / int(sizeof(T));
   static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
   static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
-  using Warp = tile::WarpMmaTile<T, WM, WN>;
+  using Warp = tile::WarpMmaTile<T, WM, WN, kSplit>;
   // 16-bit: tile.cuh's layouts for ldmatrix (A rows padded to 40, B rows swizzled). TF32
   // reads 32-bit fragments instead, lane (g, t) at A[g][t] and B[t][g]: rows 20 and 136
   // floats apart put the 32 lanes of each load in 32 different banks.
@@ -95,7 +96,7 @@ struct MmaTraits {
   __device__ static int a_offset(int m, int k) { return LayoutA::offset(m, k); }
   __device__ static int b_offset(int k, int n) { return LayoutB::offset(k, n); }
   __device__ static T to_smem(T x) {
-    if constexpr (kTf32)
+    if constexpr (kTf32 && !kSplit)
       return tile::round_to_tf32(x);
     else
       return x;
@@ -129,13 +130,19 @@ using FfmaLargeTraits = FfmaTraits<128, 128, 8, 8>;  // 256 threads: the paper's
 using FfmaSmallTraits = FfmaTraits<32, 64, 4, 4>;    // 128 threads: M <= 32
 template <class T>
 using MmaLargeTraits = MmaTraits<T, 128, 128, 2, 4>;  // 8 warps of 64 x 32
+using Mma3xTf32Traits = MmaTraits<float, 128, 128, 2, 4, true>;
 
-enum class GemmConfig { kFfmaSmall, kFfmaLarge, kMma };
+enum class GemmConfig { kFfmaSmall, kFfmaLarge, kMma, kMma3xTf32 };
+
+// Exact fp32 with M > 32 on tensor cores as 3xTF32 rather than the paper's FFMA tile: three
+// tf32 products per step still outrun FFMA on an H200 (to confirm: bench_im2win fp32).
+constexpr bool kExactFp32OnTensorCores = true;
 
 // The one chooser from a problem to a configuration.
 inline GemmConfig choose_gemm_config(DType dtype, Fp32Math math, int M) {
   if (M <= FfmaSmallTraits::BM) return GemmConfig::kFfmaSmall;  // a 128-row tile would idle
-  if (dtype == DType::kFloat32 && math == Fp32Math::kExact) return GemmConfig::kFfmaLarge;
+  if (dtype == DType::kFloat32 && math == Fp32Math::kExact)
+    return kExactFp32OnTensorCores ? GemmConfig::kMma3xTf32 : GemmConfig::kFfmaLarge;
   return GemmConfig::kMma;
 }
 
@@ -236,7 +243,7 @@ __global__ void __launch_bounds__(Traits::THREADS) implicit_gemm_kernel(const Pr
   using SmemT = typename Traits::SmemT;
   constexpr int BK = Traits::BK;
   // Two stages of A (A_STAGE) and B (B_STAGE): 16,640 B (FFMA 128x128), 6,400 B (FFMA 32x64),
-  // 36,864 B (fp16/bf16 tensor cores), 37,888 B (TF32).
+  // 36,864 B (fp16/bf16 tensor cores), 37,888 B (TF32, 3xTF32).
   constexpr int kSmemBytes = 2 * (Traits::A_STAGE + Traits::B_STAGE) * int(sizeof(SmemT));
   __shared__ __align__(16) unsigned char smem[kSmemBytes];
   SmemT* const sA = reinterpret_cast<SmemT*>(smem);  // (2, A_STAGE)
@@ -300,6 +307,9 @@ cudaError_t launch_implicit_gemm(const Problem& p, GemmConfig config, cudaStream
         return launch_gemm_with<FfmaLargeTraits>(p, stream);
       return cudaErrorInvalidValue;
     case GemmConfig::kMma: return launch_gemm_with<MmaLargeTraits<T>>(p, stream);
+    case GemmConfig::kMma3xTf32:
+      if constexpr (std::is_same<T, float>::value) return launch_gemm_with<Mma3xTf32Traits>(p, stream);
+      return cudaErrorInvalidValue;
   }
   return cudaErrorInvalidValue;
 }
