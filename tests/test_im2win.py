@@ -23,7 +23,7 @@ class Case:
 
 # Every feature of the DESIGN.md grid at least once: stride 1..4, 'same' (odd total padding
 # too) and 'valid', dilation, groups and depthwise, C < 8, K not a multiple of a tile, Ho = 1,
-# batch 1, channels_last, 1x1 and 11x11 filters, with and without bias.
+# batch 1, channels_last (input and weight), 1x1 and 11x11 filters, with and without bias.
 CASES = [
     Case("3x3_pad1", (2, 5, 9, 11), (7, 5, 3, 3), dict(padding=1)),
     Case("stride2_k67", (2, 3, 10, 9), (67, 3, 3, 3), dict(stride=2), bias=False),
@@ -42,6 +42,10 @@ CASES = [
          bias=False, channels_last=True),
     Case("ho_1", (3, 5, 4, 12), (7, 5, 4, 3), dict(stride=(1, 2))),
     Case("batch1_dilated", (1, 7, 12, 12), (9, 7, 3, 3), dict(dilation=2, padding=1, stride=(2, 1))),
+    # channels_last with C a multiple of 8: the CUDA tensor-core path for fp16/bf16
+    Case("cl_c16_k70", (2, 16, 11, 9), (70, 16, 3, 3), dict(padding=1), channels_last=True),
+    Case("cl_c40_k130_s2_dil", (1, 40, 13, 10), (130, 40, 3, 2),
+         dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2)), bias=False, channels_last=True),
 ]
 
 # (dtype, whether fp32 may use TF32 as cuDNN may)
@@ -82,9 +86,10 @@ def poison_cuda_allocator(device):
 
 def make_inputs(case, dtype, device):
     x = torch.randn(case.input, dtype=dtype, device=device)
-    if case.channels_last:
-        x = x.to(memory_format=torch.channels_last)
     w = torch.randn(case.weight, dtype=dtype, device=device)
+    if case.channels_last:  # as model.to(memory_format=torch.channels_last) leaves them
+        x = x.to(memory_format=torch.channels_last)
+        w = w.to(memory_format=torch.channels_last)
     b = torch.randn(case.weight[0], dtype=dtype, device=device) if case.bias else None
     return x, w, b
 

@@ -44,6 +44,16 @@ __device__ __forceinline__ float round_to_tf32(float x) {
   return __uint_as_float(bits);
 }
 
+// x = big + small with both parts tf32 (big: x rounded; small: the remainder rounded). The
+// 3xTF32 product a_small b_big + a_big b_small + a_big b_big keeps about fp32 accuracy.
+struct Tf32Pair {
+  uint32_t big, small;
+};
+__device__ __forceinline__ Tf32Pair split_tf32(float x) {
+  const float big = round_to_tf32(x);
+  return {__float_as_uint(big), __float_as_uint(round_to_tf32(x - big))};
+}
+
 // A row-major tile with rows kRowStride elements apart, the padding chosen by the caller
 // for its access pattern (the interface of tile::SmemLayout).
 template <int kRowStride>
@@ -110,11 +120,13 @@ TILE_UNROLL
 };
 
 // One warp's WM x WN fp32 accumulator on tensor cores. T is the shared-memory operand type:
-// __half or __nv_bfloat16 (mma m16n8k16, fragments through ldmatrix) or float holding tf32
-// values (mma m16n8k8, fragments through 32-bit shared loads: ldmatrix moves 16-bit halves).
-template <class T, int WM, int WN>
+// __half or __nv_bfloat16 (mma m16n8k16, fragments through ldmatrix) or float (mma m16n8k8,
+// fragments through 32-bit shared loads: ldmatrix moves 16-bit halves) holding either tf32
+// values or, with kSplit3xTf32, full fp32 values split into three tf32 products.
+template <class T, int WM, int WN, bool kSplit3xTf32 = false>
 struct WarpMmaTile {
   static constexpr bool kTf32 = std::is_same<T, float>::value;
+  static_assert(kTf32 || !kSplit3xTf32, "3xTF32 splits fp32 operands");
   static constexpr int MI = WM / 16;  // mma tiles along m
   static constexpr int NI = WN / 8;   // mma tiles along n
   static constexpr int K_STEP = kTf32 ? 8 : 16;
@@ -141,36 +153,71 @@ struct WarpMmaTile {
   template <int BK, class LayoutA, class LayoutB>
   __device__ void mma_AB(const T* sA, const T* sB, int m0, int n0, int lane) {
     static_assert(BK % K_STEP == 0, "whole mma k steps");
+    if constexpr (kTf32) {
+      const int g = lane / 4, t = lane % 4;
 #pragma unroll
-    for (int k0 = 0; k0 < BK; k0 += K_STEP) {
-      FragA rA[MI];  // (WM, K_STEP) fragments
-      if constexpr (kTf32) {
-        const int g = lane / 4, t = lane % 4;
+      for (int k0 = 0; k0 < BK; k0 += K_STEP) {
+        Tf32Pair rA[MI][4];  // (WM, K_STEP) fragments; .small unused without the split
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi) {
           const int m = m0 + mi * 16 + g;
-          rA[mi].x[0] = __float_as_uint(sA[LayoutA::offset(m, k0 + t)]);
-          rA[mi].x[1] = __float_as_uint(sA[LayoutA::offset(m + 8, k0 + t)]);
-          rA[mi].x[2] = __float_as_uint(sA[LayoutA::offset(m, k0 + t + 4)]);
-          rA[mi].x[3] = __float_as_uint(sA[LayoutA::offset(m + 8, k0 + t + 4)]);
+          rA[mi][0] = tf32_operand(sA[LayoutA::offset(m, k0 + t)]);
+          rA[mi][1] = tf32_operand(sA[LayoutA::offset(m + 8, k0 + t)]);
+          rA[mi][2] = tf32_operand(sA[LayoutA::offset(m, k0 + t + 4)]);
+          rA[mi][3] = tf32_operand(sA[LayoutA::offset(m + 8, k0 + t + 4)]);
         }
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) {
           const int n = n0 + ni * 8 + g;
-          const uint32_t b0 = __float_as_uint(sB[LayoutB::offset(k0 + t, n)]);
-          const uint32_t b1 = __float_as_uint(sB[LayoutB::offset(k0 + t + 4, n)]);
+          const Tf32Pair b0 = tf32_operand(sB[LayoutB::offset(k0 + t, n)]);
+          const Tf32Pair b1 = tf32_operand(sB[LayoutB::offset(k0 + t + 4, n)]);
 #pragma unroll
-          for (int mi = 0; mi < MI; ++mi) mma_m16n8k8_tf32(acc[mi][ni], rA[mi], b0, b1);
+          for (int mi = 0; mi < MI; ++mi) {
+            const FragA big{{rA[mi][0].big, rA[mi][1].big, rA[mi][2].big, rA[mi][3].big}};
+            if constexpr (kSplit3xTf32) {  // the small products first: they are the smallest terms
+              const FragA small{{rA[mi][0].small, rA[mi][1].small, rA[mi][2].small, rA[mi][3].small}};
+              mma_m16n8k8_tf32(acc[mi][ni], small, b0.big, b1.big);
+              mma_m16n8k8_tf32(acc[mi][ni], big, b0.small, b1.small);
+            }
+            mma_m16n8k8_tf32(acc[mi][ni], big, b0.big, b1.big);
+          }
         }
-      } else {
+      }
+    } else {
+      mma_16bit<BK, LayoutA>(sA, m0, lane, [&](int k0, int n) { return load_b_kn<LayoutB>(sB, k0, n0 + n, lane); });
+    }
+  }
+
+  // acc += A B with B stored by columns, sBt[n][k] (both operands K-major, as channels-last
+  // convolution tiles are): ldmatrix without transposition gives B's fragments. 16-bit only.
+  template <int BK, class LayoutA, class LayoutBt>
+  __device__ void mma_ABt(const T* sA, const T* sBt, int m0, int n0, int lane) {
+    static_assert(!kTf32 && BK % K_STEP == 0, "16-bit operands, whole mma k steps");
+    mma_16bit<BK, LayoutA>(sA, m0, lane, [&](int k0, int n) { return load_b_nk<LayoutBt>(sBt, n0 + n, k0, lane); });
+  }
+
+ private:
+  // A shared fp32 value as an mma operand: already tf32 (rounded on its way into shared
+  // memory), or split in two for 3xTF32.
+  __device__ static Tf32Pair tf32_operand(float x) {
+    if constexpr (kSplit3xTf32) return split_tf32(x);
+    return {__float_as_uint(x), 0u};
+  }
+
+  // The 16-bit product over BK: A's fragments by ldmatrix, B's two n8 tiles at warp column n
+  // from load_b(k0, n).
+  template <int BK, class LayoutA, class LoadB>
+  __device__ void mma_16bit(const T* sA, int m0, int lane, LoadB&& load_b) {
 #pragma unroll
-        for (int mi = 0; mi < MI; ++mi) rA[mi] = load_a<LayoutA>(sA, m0 + mi * 16, k0, lane);
+    for (int k0 = 0; k0 < BK; k0 += K_STEP) {
+      FragA rA[MI];  // (WM, K_STEP) fragments
 #pragma unroll
-        for (int nj = 0; nj < NI; nj += 2) {
-          const FragB2 rB = load_b_kn<LayoutB>(sB, k0, n0 + nj * 8, lane);  // (K_STEP, 16)
+      for (int mi = 0; mi < MI; ++mi) rA[mi] = load_a<LayoutA>(sA, m0 + mi * 16, k0, lane);
 #pragma unroll
-          for (int mi = 0; mi < MI; ++mi) mma_16x16<T>(acc[mi][nj], acc[mi][nj + 1], rA[mi], rB);
-        }
+      for (int nj = 0; nj < NI; nj += 2) {
+        const FragB2 rB = load_b(k0, nj * 8);  // (K_STEP, 16)
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) mma_16x16<T>(acc[mi][nj], acc[mi][nj + 1], rA[mi], rB);
       }
     }
   }

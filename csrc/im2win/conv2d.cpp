@@ -190,7 +190,7 @@ Tensor conv2d(const Tensor& input_arg, const Tensor& weight_arg, const optional<
       check_conv_inputs(input_arg, weight_arg, bias_arg, stride, padding, dilation, groups, op);
   Tensor out = empty_like_format({p.batch, p.out_channels, p.out_h, p.out_w}, input_arg);
   if (out.numel() == 0) return out;
-  Tensor input = dense(input_arg), weight = weight_arg.contiguous();
+  Tensor input = dense(input_arg), weight = dense(weight_arg);
   Tensor bias = bias_arg ? bias_arg->contiguous() : Tensor();
 
 #ifdef WITH_CUDA
@@ -202,12 +202,13 @@ Tensor conv2d(const Tensor& input_arg, const Tensor& weight_arg, const optional<
     p.output = out.data_ptr();
     p.in_stride = strides_of(input);
     p.out_stride = strides_of(out);
+    p.w_stride = strides_of(weight);
     Tensor ws = workspace(conv2d_fwd_workspace_bytes(p), input);
     check_launch(conv2d_fwd_cuda(p, ws.data_ptr(), current_stream()), op);
     return out;
   }
 #endif
-  Tensor xc = cpu_compute_view(input), wc = cpu_compute_view(weight);
+  Tensor xc = cpu_compute_view(input), wc = cpu_compute_view(weight.contiguous());
   Tensor bc = bias.defined() ? cpu_compute_view(bias) : Tensor();
   Tensor oc = out.scalar_type() == xc.scalar_type() ? out : at::empty_like(out, xc.scalar_type());
   p.dtype = to_dtype(xc.scalar_type());
@@ -216,6 +217,7 @@ Tensor conv2d(const Tensor& input_arg, const Tensor& weight_arg, const optional<
   p.bias = bc.defined() ? bc.data_ptr() : nullptr;
   p.in_stride = strides_of(xc);
   p.out_stride = strides_of(oc);
+  p.w_stride = strides_of(wc);
   for_each_window_slice(xc, p, [&](int64_t start, int64_t length, const void* window) {
     Conv2dParams slice = p;
     slice.batch = length;
@@ -254,7 +256,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output_arg
   const bool want_bias = output_mask[2] && grad_bias.numel() > 0;
   if (!want_input && !want_weight && !want_bias) return {grad_input, grad_weight, grad_bias};
   if (p.batch == 0) return {grad_input, grad_weight.zero_(), grad_bias.zero_()};  // empty sums
-  Tensor input = dense(input_arg), weight = weight_arg.contiguous();
+  Tensor input = dense(input_arg), weight = dense(weight_arg);
   Tensor grad_output = dense(grad_output_arg);
 
 #ifdef WITH_CUDA
@@ -263,6 +265,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output_arg
     b.fwd.input = input.data_ptr();
     b.fwd.weight = weight.data_ptr();
     b.fwd.in_stride = strides_of(input);
+    b.fwd.w_stride = strides_of(weight);
     b.grad_output = grad_output.data_ptr();
     b.grad_out_stride = strides_of(grad_output);
     b.grad_input = want_input ? grad_input.data_ptr() : nullptr;
@@ -274,7 +277,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output_arg
     return {grad_input, grad_weight, grad_bias};
   }
 #endif
-  Tensor xc = cpu_compute_view(input), wc = cpu_compute_view(weight);
+  Tensor xc = cpu_compute_view(input), wc = cpu_compute_view(weight.contiguous());
   Tensor gc = cpu_compute_view(grad_output);
   const bool widened = xc.scalar_type() != input.scalar_type();
   Tensor gi = widened && want_input ? at::empty_like(grad_input, xc.scalar_type()) : grad_input;
@@ -287,6 +290,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output_arg
   b.fwd.input = xc.data_ptr();
   b.fwd.weight = wc.data_ptr();
   b.fwd.in_stride = strides_of(xc);
+  b.fwd.w_stride = strides_of(wc);
   b.grad_output = gc.data_ptr();
   b.grad_out_stride = strides_of(gc);
   if (want_input) {

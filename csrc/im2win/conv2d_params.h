@@ -2,7 +2,8 @@
 //
 // Tensors are addressed through strides so NCHW and channels_last (NHWC) need no copy:
 // input[n][c][h][w] = input + n*in_stride.n + c*in_stride.c + h*in_stride.h + w*in_stride.w.
-// The weight is (K, C/groups, FH, FW), contiguous.
+// The weight (K, C/groups, FH, FW) likewise through w_stride: contiguous or channels_last on
+// CUDA, contiguous on the CPU.
 #pragma once
 
 #include <cstdint>
@@ -29,14 +30,14 @@ struct Conv2dParams {
   int groups;
 
   const void* input;   // (N, C, H, W) via in_stride
-  const void* weight;  // (K, C/groups, FH, FW) contiguous
+  const void* weight;  // (K, C/groups, FH, FW) via w_stride
   const void* bias;    // (K,) or nullptr
   void* output;        // (N, K, Ho, Wo) via out_stride
-  NCHWStrides in_stride, out_stride;
+  NCHWStrides in_stride, out_stride, w_stride;
 };
 
 // Backward: grad_output (laid out like output) in; grad_input (laid out like input),
-// grad_weight (contiguous like weight) and grad_bias out, each nullptr when not wanted.
+// grad_weight (contiguous, whatever the weight's layout) and grad_bias out, each nullptr when not wanted.
 struct Conv2dBwdParams {
   Conv2dParams fwd;  // fwd.output unused
   const void* grad_output;

@@ -13,8 +13,17 @@ namespace im2win {
 // conv2d_fwd.cu: output = conv(input, weight) + bias.
 cudaError_t conv2d_fwd_gemm(const Conv2dParams& p, cudaStream_t stream);
 
+// conv2d_fwd_nhwc.cu: the same for channels_last fp16/bf16 tensors (input, weight, output)
+// with C a multiple of 8 and one group, on 16-byte copies.
+bool conv2d_fwd_nhwc_supported(const Conv2dParams& p);
+cudaError_t conv2d_fwd_nhwc(const Conv2dParams& p, cudaStream_t stream);
+
 // conv2d_bwd_data.cu: grad_input = the transposed convolution of grad_output, as a gather.
 cudaError_t conv2d_bwd_data_gemm(const Conv2dBwdParams& p, cudaStream_t stream);
+
+// conv2d_bwd_data_direct.cu: the same without a GEMM for at most 4 channels per group.
+bool conv2d_bwd_data_direct_supported(const Conv2dBwdParams& p);
+cudaError_t conv2d_bwd_data_direct(const Conv2dBwdParams& p, cudaStream_t stream);
 
 // conv2d_bwd_weight.cu: grad_weight through fp32 partial sums in `workspace` (split
 // reduction), and grad_bias.

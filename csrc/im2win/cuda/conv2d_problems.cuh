@@ -17,26 +17,25 @@ namespace im2win {
 
 // ---- forward ---------------------------------------------------------------------------
 // Reduced in window order (c, fw, fh); Ihat is gathered straight from the input (no
-// workspace), Fhat from the weight's (K, C_g, FH, FW) layout; bias added in the epilogue.
+// workspace), Fhat from the weight through its strides; bias added in the epilogue.
 template <class T>
 struct ForwardProblem : GemmShape {
   using Element = T;
 
   const T* input;   // (N, C, H, W) strided; at(): the group's first channel
-  const T* weight;  // (K, C_g, FH, FW) contiguous
+  const T* weight;  // (K, C_g, FH, FW) strided
   const T* bias;    // (K,) or nullptr
   T* output;        // (N, K, Ho, Wo) strided
   InputWindows windows;
   PlaneDecoder out_positions;          // GEMM column -> (n, oh, ow)
   TapDecoder<TapOrder::kWindow> taps;  // reduction index -> (c, fh, fw)
-  int filter_h, filter_w;
   int64_t input_group_stride, output_group_stride;  // C_g * in.c, K_g * out.c
-  NCHWStrides out_stride;
+  NCHWStrides out_stride, w_stride;
 
   __host__ __device__ ForwardProblem at(int group, int /*split*/) const {
     ForwardProblem v = *this;
     v.input += group * input_group_stride;
-    v.weight += int64_t(group) * M * R;
+    v.weight += int64_t(group) * M * w_stride.n;
     if (bias != nullptr) v.bias += group * M;
     v.output += group * output_group_stride;
     return v;
@@ -45,10 +44,10 @@ struct ForwardProblem : GemmShape {
   // A = Fhat: row m of the group's filters, reduction index r in window order.
   __host__ __device__ int a_k(int r) const {
     const TapIndex t = taps(r);
-    return (t.c * filter_h + t.fh) * filter_w + t.fw;
+    return int(t.c * w_stride.c + t.fh * w_stride.h + t.fw * w_stride.w);
   }
   __host__ __device__ T a_load(int m, int filter_offset) const {
-    return weight[m * R + filter_offset];
+    return weight[m * int(w_stride.n) + filter_offset];
   }
 
   // B = Ihat: column n is an output position, row r a tap of its window.
@@ -88,11 +87,10 @@ ForwardProblem<T> make_forward_problem(const Conv2dParams& p) {
   f.windows = make_input_windows(p);
   f.out_positions = PlaneDecoder(p.out_h, p.out_w);
   f.taps = TapDecoder<TapOrder::kWindow>(p.kernel_h, p.kernel_w);
-  f.filter_h = p.kernel_h;
-  f.filter_w = p.kernel_w;
   f.input_group_stride = c_per_group * p.in_stride.c;
   f.output_group_stride = k_per_group * p.out_stride.c;
   f.out_stride = p.out_stride;
+  f.w_stride = p.w_stride;
   return f;
 }
 
@@ -105,7 +103,7 @@ template <class T>
 struct BwdDataProblem : GemmShape {
   using Element = T;
 
-  const T* weight;    // (K, C_g, FH, FW) contiguous; at(): the group's first filter
+  const T* weight;    // (K, C_g, FH, FW) strided; at(): the group's first filter
   const T* grad_out;  // (N, K, Ho, Wo) strided; at(): the group's first channel
   T* grad_in;         // (N, C, H, W) strided
   PlaneDecoder in_positions;           // GEMM column -> (n, ih, iw)
@@ -113,14 +111,13 @@ struct BwdDataProblem : GemmShape {
   FastDivmod conv_stride_h, conv_stride_w;
   int out_h, out_w;
   int pad_h, pad_w, dilation_h, dilation_w;
-  int filter_taps;  // FH * FW
-  int filter_w;
   int64_t grad_out_group_stride, grad_in_group_stride;  // K_g * go.c, C_g * gi.c
-  NCHWStrides go_stride, gi_stride;
+  NCHWStrides go_stride, gi_stride, w_stride;
+  int k_per_group;
 
   __host__ __device__ BwdDataProblem at(int group, int /*split*/) const {
     BwdDataProblem v = *this;
-    v.weight += int64_t(group) * R * M;  // K_g * FH * FW * C_g
+    v.weight += int64_t(group) * k_per_group * w_stride.n;
     v.grad_out += group * grad_out_group_stride;
     v.grad_in += group * grad_in_group_stride;
     return v;
@@ -129,10 +126,10 @@ struct BwdDataProblem : GemmShape {
   // A = W^T: row m is input channel c, reduction index r = (k, fh, fw).
   __host__ __device__ int a_k(int r) const {
     const TapIndex t = taps(r);
-    return t.c * M * filter_taps + t.fh * filter_w + t.fw;
+    return int(t.c * w_stride.n + t.fh * w_stride.h + t.fw * w_stride.w);
   }
   __host__ __device__ T a_load(int m, int filter_offset) const {
-    return weight[m * filter_taps + filter_offset];
+    return weight[m * int(w_stride.c) + filter_offset];
   }
 
   // B = G: a column holds its padded input coordinate (ih + p_h, iw + p_w), a reduction row
@@ -189,8 +186,8 @@ BwdDataProblem<T> make_bwd_data_problem(const Conv2dBwdParams& b) {
   d.pad_w = p.pad_w;
   d.dilation_h = p.dilation_h;
   d.dilation_w = p.dilation_w;
-  d.filter_taps = p.kernel_h * p.kernel_w;
-  d.filter_w = p.kernel_w;
+  d.k_per_group = k_per_group;
+  d.w_stride = p.w_stride;
   d.grad_out_group_stride = k_per_group * b.grad_out_stride.c;
   d.grad_in_group_stride = c_per_group * b.grad_in_stride.c;
   d.go_stride = b.grad_out_stride;

@@ -43,6 +43,7 @@ struct FfmaTraits {
   using Micro = tile::ThreadFfmaTile<BM_, BN_, TM, TN>;
   static constexpr int BM = BM_, BN = BN_, BK = 8;
   static constexpr int THREADS = Micro::THREADS;
+  static constexpr int MIN_BLOCKS = 1;  // per SM, for __launch_bounds__
   // A^T rows padded by 4: a warp stores 8 k-rows x 4 m-columns per instruction, and the
   // pad spreads them over all 32 banks.
   static constexpr int LDA = BM + 4;
@@ -74,16 +75,19 @@ TILE_UNROLL
   };
 };
 
-// Tensor cores (mma.sync) with fp32 accumulators; T = float means TF32. A k-slice is one
-// 64-byte row per operand row: BK = 16 (tf32) or 32 (fp16/bf16).
-template <class T, int BM_, int BN_, int WARPS_M, int WARPS_N>
+// Tensor cores (mma.sync) with fp32 accumulators; T = float means TF32, or with kSplit
+// exact fp32 as 3xTF32 (shared memory then keeps the fp32 values). A k-slice is one 64-byte
+// row per operand row: BK = 16 (fp32) or 32 (fp16/bf16).
+template <class T, int BM_, int BN_, int WARPS_M, int WARPS_N, bool kSplit = false>
 struct MmaTraits {
   static constexpr bool kTf32 = std::is_same<T, float>::value;
   using SmemT = T;
   static constexpr int BM = BM_, BN = BN_, BK = 64 / int(sizeof(T));
   static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
+  // 64-row tiles: two blocks an SM (registers capped at 128) hide each other's loads.
+  static constexpr int MIN_BLOCKS = BM <= 64 ? 2 : 1;
   static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
-  using Warp = tile::WarpMmaTile<T, WM, WN>;
+  using Warp = tile::WarpMmaTile<T, WM, WN, kSplit>;
   // 16-bit: tile.cuh's layouts for ldmatrix (A rows padded to 40, B rows swizzled). TF32
   // reads 32-bit fragments instead, lane (g, t) at A[g][t] and B[t][g]: rows 20 and 136
   // floats apart put the 32 lanes of each load in 32 different banks.
@@ -95,7 +99,7 @@ struct MmaTraits {
   __device__ static int a_offset(int m, int k) { return LayoutA::offset(m, k); }
   __device__ static int b_offset(int k, int n) { return LayoutB::offset(k, n); }
   __device__ static T to_smem(T x) {
-    if constexpr (kTf32)
+    if constexpr (kTf32 && !kSplit)
       return tile::round_to_tf32(x);
     else
       return x;
@@ -127,16 +131,27 @@ struct MmaTraits {
 
 using FfmaLargeTraits = FfmaTraits<128, 128, 8, 8>;  // 256 threads: the paper's kernel
 using FfmaSmallTraits = FfmaTraits<32, 64, 4, 4>;    // 128 threads: M <= 32
-template <class T>
-using MmaLargeTraits = MmaTraits<T, 128, 128, 2, 4>;  // 8 warps of 64 x 32
+// 8 warps of (BM / 2) x 32 on a BM x 128 tile; kSplit: exact fp32 as 3xTF32.
+template <class T, int BM, bool kSplit = false>
+using MmaTileTraits = MmaTraits<T, BM, 128, 2, 4, kSplit>;
 
-enum class GemmConfig { kFfmaSmall, kFfmaLarge, kMma };
+// kMma*: 128-row tiles; the *Half ones 64 rows, for 32 < M <= 64 (K = 64 layers), where a
+// 128-row tile would idle half its rows.
+enum class GemmConfig { kFfmaSmall, kFfmaLarge, kMma, kMmaHalf, kMma3xTf32, kMma3xTf32Half };
+
+// Exact fp32 with M > 32 on tensor cores as 3xTF32 rather than the paper's FFMA tile: three
+// tf32 products per step still outrun FFMA on an H200 (to confirm: bench_im2win fp32).
+constexpr bool kExactFp32OnTensorCores = true;
 
 // The one chooser from a problem to a configuration.
 inline GemmConfig choose_gemm_config(DType dtype, Fp32Math math, int M) {
-  if (M <= FfmaSmallTraits::BM) return GemmConfig::kFfmaSmall;  // a 128-row tile would idle
-  if (dtype == DType::kFloat32 && math == Fp32Math::kExact) return GemmConfig::kFfmaLarge;
-  return GemmConfig::kMma;
+  if (M <= FfmaSmallTraits::BM) return GemmConfig::kFfmaSmall;  // a 64-row tile would idle
+  const bool half = M <= 64;
+  if (dtype == DType::kFloat32 && math == Fp32Math::kExact && !kExactFp32OnTensorCores)
+    return GemmConfig::kFfmaLarge;
+  if (dtype == DType::kFloat32 && math == Fp32Math::kExact)
+    return half ? GemmConfig::kMma3xTf32Half : GemmConfig::kMma3xTf32;
+  return half ? GemmConfig::kMmaHalf : GemmConfig::kMma;
 }
 
 struct TileExtent {
@@ -147,7 +162,9 @@ inline TileExtent tile_extent(GemmConfig config) {
   switch (config) {
     case GemmConfig::kFfmaSmall: return {FfmaSmallTraits::BM, FfmaSmallTraits::BN};
     case GemmConfig::kFfmaLarge: return {FfmaLargeTraits::BM, FfmaLargeTraits::BN};
-    default: return {MmaLargeTraits<float>::BM, MmaLargeTraits<float>::BN};
+    case GemmConfig::kMmaHalf:
+    case GemmConfig::kMma3xTf32Half: return {MmaTileTraits<float, 64>::BM, MmaTileTraits<float, 64>::BN};
+    default: return {MmaTileTraits<float, 128>::BM, MmaTileTraits<float, 128>::BN};
   }
 }
 
@@ -232,11 +249,12 @@ TILE_UNROLL
 // ---- the kernel ----------------------------------------------------------------------
 
 template <class Traits, class Problem>
-__global__ void __launch_bounds__(Traits::THREADS) implicit_gemm_kernel(const Problem problem) {
+__global__ void __launch_bounds__(Traits::THREADS, Traits::MIN_BLOCKS) implicit_gemm_kernel(const Problem problem) {
   using SmemT = typename Traits::SmemT;
   constexpr int BK = Traits::BK;
   // Two stages of A (A_STAGE) and B (B_STAGE): 16,640 B (FFMA 128x128), 6,400 B (FFMA 32x64),
-  // 36,864 B (fp16/bf16 tensor cores), 37,888 B (TF32).
+  // 36,864 / 26,624 B (fp16/bf16 tensor cores, 128 / 64 rows), 37,888 / 27,648 B (TF32,
+  // 3xTF32).
   constexpr int kSmemBytes = 2 * (Traits::A_STAGE + Traits::B_STAGE) * int(sizeof(SmemT));
   __shared__ __align__(16) unsigned char smem[kSmemBytes];
   SmemT* const sA = reinterpret_cast<SmemT*>(smem);  // (2, A_STAGE)
@@ -299,7 +317,15 @@ cudaError_t launch_implicit_gemm(const Problem& p, GemmConfig config, cudaStream
       if constexpr (std::is_same<T, float>::value)
         return launch_gemm_with<FfmaLargeTraits>(p, stream);
       return cudaErrorInvalidValue;
-    case GemmConfig::kMma: return launch_gemm_with<MmaLargeTraits<T>>(p, stream);
+    case GemmConfig::kMma: return launch_gemm_with<MmaTileTraits<T, 128>>(p, stream);
+    case GemmConfig::kMmaHalf: return launch_gemm_with<MmaTileTraits<T, 64>>(p, stream);
+    case GemmConfig::kMma3xTf32:
+    case GemmConfig::kMma3xTf32Half:
+      if constexpr (std::is_same<T, float>::value) {
+        if (config == GemmConfig::kMma3xTf32Half) return launch_gemm_with<MmaTileTraits<float, 64, true>>(p, stream);
+        return launch_gemm_with<MmaTileTraits<float, 128, true>>(p, stream);
+      }
+      return cudaErrorInvalidValue;
   }
   return cudaErrorInvalidValue;
 }

@@ -73,10 +73,10 @@ template <class T>
 bool test_conv(const ConvCase& cs, const Mode& mode, std::mt19937& rng) {
   const ConvTensors ref = make_reference<T>(cs, rng);
   Conv2dParams p = conv_params(cs, mode.dtype, mode.math);
-  const NCHWStrides w_stride = dense_strides(cs.c_per_group(), cs.kernel_h, cs.kernel_w, false);
+  const NCHWStrides w_stride = dense_strides(cs.c_per_group(), cs.kernel_h, cs.kernel_w, false);  // grad_weight
   const NCHWStrides b_stride = dense_strides(cs.out_channels, 1, 1, false);
   DeviceBuffer<T> input(pack<T>(ref.input, p.in_stride));
-  DeviceBuffer<T> weight(pack<T>(ref.weight, w_stride));
+  DeviceBuffer<T> weight(pack<T>(ref.weight, p.w_stride));
   DeviceBuffer<T> bias(pack<T>(ref.bias, b_stride));
   DeviceBuffer<T> grad_out(pack<T>(ref.grad_out, p.out_stride));
   DeviceBuffer<T> output(ref.output.v.size()), grad_in(ref.grad_in.v.size());

@@ -142,9 +142,9 @@ struct HostConv {
 
   HostConv(const ConvCase& cs_, const ConvTensors& ref_) : cs(cs_), ref(ref_) {
     p = conv_params(cs, DType::kFloat32, Fp32Math::kExact);
-    w_stride = dense_strides(cs.c_per_group(), cs.kernel_h, cs.kernel_w, false);
+    w_stride = dense_strides(cs.c_per_group(), cs.kernel_h, cs.kernel_w, false);  // grad_weight
     input = pack<float>(ref.input, p.in_stride);
-    weight = pack<float>(ref.weight, w_stride);
+    weight = pack<float>(ref.weight, p.w_stride);
     bias = pack<float>(ref.bias, dense_strides(cs.out_channels, 1, 1, false));
     grad_out = pack<float>(ref.grad_out, p.out_stride);
     p.input = input.data(), p.weight = weight.data();

@@ -71,6 +71,8 @@ inline std::vector<ConvCase> conv_cases() {
       {"2x1 kernel",          2,  5,  8,  6,  36, 2, 1, 1, 1, 0, 0, 1, 1, 1, false, false},
       {"long reduction",      4, 16, 32, 32,  64, 3, 3, 1, 1, 1, 1, 1, 1, 1, true, false},
       {"long reduction",      4, 16, 32, 32,  64, 3, 3, 1, 1, 1, 1, 1, 1, 1, true, true},
+      {"NHWC C24 K tail",     3, 24, 11, 13, 130, 3, 2, 2, 1, 1, 0, 1, 2, 1, true, true},
+      {"NHWC K odd",          2, 32,  9,  9,  37, 3, 3, 1, 1, 1, 1, 1, 1, 1, false, true},
       {"wide M and C",        2, 144, 8,  8, 160, 3, 3, 1, 1, 1, 1, 1, 1, 1, false, false},
       {"empty batch",         0,  8,  6,  6,  40, 3, 3, 1, 1, 1, 1, 1, 1, 1, true, false},
   };
@@ -219,6 +221,8 @@ inline Conv2dParams conv_params(const ConvCase& cs, im2win::DType dtype, im2win:
   p.dilation_h = cs.dilation_h, p.dilation_w = cs.dilation_w, p.groups = cs.groups;
   p.in_stride = dense_strides(cs.channels, cs.in_h, cs.in_w, cs.channels_last);
   p.out_stride = dense_strides(cs.out_channels, p.out_h, p.out_w, cs.channels_last);
+  // a channels_last model has channels_last weights too; grad_weight is always contiguous
+  p.w_stride = dense_strides(cs.c_per_group(), cs.kernel_h, cs.kernel_w, cs.channels_last);
   return p;
 }
 
