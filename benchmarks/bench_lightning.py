@@ -570,6 +570,8 @@ def merge_earlier(result, args):
         earlier = json.load(fh)
     kept = [r for r in earlier.get("rows", []) if r.get("section") not in args.sections]
     result["rows"] += kept
+    for name, info in earlier.get("impls", {}).items():  # labels of peers seen only there
+        result["impls"].setdefault(name, info)
     result["sections_done"] += [s for s in earlier.get("sections_done", []) if s not in args.sections]
     # one entry per earlier run whose rows survive, so the report can say where each came from
     kept_sections = {r.get("section") for r in kept}
@@ -577,7 +579,7 @@ def merge_earlier(result, args):
     own = kept_sections - {s for m in older for s in m.get("sections", [])}
     result["merged"] = older + ([{"file": os.path.basename(args.merge), "meta": earlier.get("meta"),
                                   "sections": sorted(own)}] if own else [])
-    print(f"[bench_lightning] kept {len(kept)} rows of {result['merged']['sections']} from {args.merge}", flush=True)
+    print(f"[bench_lightning] kept {len(kept)} rows of {sorted(kept_sections)} from {args.merge}", flush=True)
 
 
 def main(argv=None):

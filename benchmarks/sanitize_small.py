@@ -25,6 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BARS = {"fp32": 1e-4, "tf32": 5e-3, "fp16": 1e-2, "bf16": 3e-2}
 FAILED = []
+MATCH = []  # --match: run only the cases whose name holds one of these substrings
 
 
 def rel(out, ref):
@@ -36,6 +37,8 @@ def rel(out, ref):
 
 
 def case(name, bar, fn):
+    if MATCH and not any(m in name for m in MATCH):
+        return
     try:
         errs = fn()
         worst = max(errs.values()) if errs else 0.0
@@ -72,9 +75,10 @@ def attn_ref(q, k, v, slope, scale=1.0, h0=None):
 def lightning_cases(dev):
     import lightning
 
-    # the last one is long enough for a split sweep (2 chunks: cuda/sweep_split.cu)
-    shapes = [(2, 3, 70, 64, 64), (1, 2, 130, 128, 96), (1, 2, 33, 192, 256), (2, 1, 1, 16, 32),
-              (1, 1, 2100, 32, 48)]
+    # (176, 144) is the 192 bucket; the last one is long enough for a split sweep (2 chunks:
+    # cuda/sweep_split.cu)
+    shapes = [(2, 3, 70, 64, 64), (1, 2, 130, 128, 96), (1, 2, 33, 192, 256), (1, 1, 40, 176, 144),
+              (2, 1, 1, 16, 32), (1, 1, 2100, 32, 48)]
     for dt_name, dt in DTYPES.items():
         for (b, h, n, d, e) in shapes:
             for layout in ("bhnd", "bnhd"):
@@ -219,7 +223,10 @@ def im2win_cases(dev):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=("lightning", "im2win"), default=None)
+    ap.add_argument("--match", action="append", default=[],
+                    help="run only cases whose name contains this (repeatable), e.g. n2100 for the split sweep")
     args = ap.parse_args()
+    MATCH.extend(args.match)
     if not torch.cuda.is_available():
         sys.exit("sanitize_small: needs a CUDA GPU")
     dev = torch.device("cuda")
