@@ -575,7 +575,10 @@ def merge_earlier(result, args):
     result["sections_done"] += [s for s in earlier.get("sections_done", []) if s not in args.sections]
     # one entry per earlier run whose rows survive, so the report can say where each came from
     kept_sections = {r.get("section") for r in kept}
-    older = [m for m in earlier.get("merged", []) if kept_sections & set(m.get("sections", []))]
+    # (each pruned to what survives: a section this run redoes no longer comes from there)
+    older = [dict(m, sections=sorted(kept_sections & set(m.get("sections", []))))
+             for m in earlier.get("merged", [])]
+    older = [m for m in older if m["sections"]]
     own = kept_sections - {s for m in older for s in m.get("sections", [])}
     result["merged"] = older + ([{"file": os.path.basename(args.merge), "meta": earlier.get("meta"),
                                   "sections": sorted(own)}] if own else [])
