@@ -1,4 +1,4 @@
-"""Summarise an ncu per-SASS export (benchmarks/profile_lightning.sh's sass.csv): where the
+"""Summarise an ncu per-SASS export (benchmarks/profile.sh's sass.csv): where the
 warps stall, which opcodes are executed, and how the executed instructions split by execution
 count (each count is one code region: a loop body, a per-block path, a prologue).
 
