@@ -44,14 +44,17 @@ __device__ __forceinline__ float round_to_tf32(float x) {
   return __uint_as_float(bits);
 }
 
-// x = big + small with both parts tf32 (big: x rounded; small: the remainder rounded). The
-// 3xTF32 product a_small b_big + a_big b_small + a_big b_big keeps about fp32 accuracy.
+// x = big + small for 3xTF32: big is x rounded to tf32 on its bits (2 integer ops where
+// cvt.rna adds an infinity test: that test was ~10% of the 3xTF32 kernel's instructions),
+// small the exact fp32 remainder, passed whole: the mma reads its top 19 bits, a 2^-21
+// relative error, modelled as no loss against rounding it. x = +-inf leaves small = NaN,
+// as cvt.rna's split did.
 struct Tf32Pair {
   uint32_t big, small;
 };
 __device__ __forceinline__ Tf32Pair split_tf32(float x) {
-  const float big = round_to_tf32(x);
-  return {__float_as_uint(big), __float_as_uint(round_to_tf32(x - big))};
+  const uint32_t big = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+  return {big, __float_as_uint(x - __uint_as_float(big))};
 }
 
 // A row-major tile with rows kRowStride elements apart, the padding chosen by the caller
