@@ -267,6 +267,9 @@ def parse_args(argv=None):
     p.add_argument("--budget-s", type=float, default=300.0,
                    help="wall-clock budget: measurements past it are skipped (0 = none)")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--merge", default=None, metavar="JSON",
+                   help="keep this earlier run's rows of the precisions not run now; every ratio "
+                        "still compares ours and cuDNN of one run")
     args = p.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     names = {l[0] for l in PAPER + RESNET}
@@ -327,6 +330,9 @@ def main(argv=None):
         },
         "rows": [],
     }
+    if args.merge:
+        common.merge_earlier(result, args.merge, lambda r: r.get("precision"), args.precisions)
+        result["geomean"] = geomeans(result["rows"])
     print(f"[bench_im2win] {result['meta'].get('gpu')} torch {torch.__version__} impls={list(impls)} "
           f"layers={len(args.layers)} precisions={args.precisions}", flush=True)
     for i, (group, batch, layer) in enumerate(args.layers):

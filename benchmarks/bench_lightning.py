@@ -28,7 +28,6 @@ Speedups are t_peer / t_ours (> 1: ours faster).
 """
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -566,23 +565,10 @@ def parse_args(argv=None):
 
 def merge_earlier(result, args):
     """Take the rows of the sections this run skips from the json of an earlier run."""
-    with open(args.merge) as fh:
-        earlier = json.load(fh)
-    kept = [r for r in earlier.get("rows", []) if r.get("section") not in args.sections]
-    result["rows"] += kept
+    earlier = common.merge_earlier(result, args.merge, lambda r: r.get("section"), args.sections)
     for name, info in earlier.get("impls", {}).items():  # labels of peers seen only there
         result["impls"].setdefault(name, info)
     result["sections_done"] += [s for s in earlier.get("sections_done", []) if s not in args.sections]
-    # one entry per earlier run whose rows survive, so the report can say where each came from
-    kept_sections = {r.get("section") for r in kept}
-    # (each pruned to what survives: a section this run redoes no longer comes from there)
-    older = [dict(m, sections=sorted(kept_sections & set(m.get("sections", []))))
-             for m in earlier.get("merged", [])]
-    older = [m for m in older if m["sections"]]
-    own = kept_sections - {s for m in older for s in m.get("sections", [])}
-    result["merged"] = older + ([{"file": os.path.basename(args.merge), "meta": earlier.get("meta"),
-                                  "sections": sorted(own)}] if own else [])
-    print(f"[bench_lightning] kept {len(kept)} rows of {sorted(kept_sections)} from {args.merge}", flush=True)
 
 
 def main(argv=None):

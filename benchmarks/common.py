@@ -255,6 +255,27 @@ def write_json(name, data, out_dir=None):
     return path
 
 
+def merge_earlier(result, path, label, redone):
+    """Adds to result["rows"] the rows of an earlier run's json (path) whose label(row) is not
+    in `redone` (what this run measures itself), and sets result["merged"]: one entry per
+    earlier run that rows still come from, with their labels, for report.py to name. Returns
+    the earlier json."""
+    with open(path) as fh:
+        earlier = json.load(fh)
+    kept = [r for r in earlier.get("rows", []) if label(r) not in redone]
+    result["rows"] += kept
+    kept_labels = {label(r) for r in kept}
+    # runs the earlier json had merged itself, each pruned to the labels still taken from it
+    older = [dict(m, sections=sorted(kept_labels & set(m.get("sections", []))))
+             for m in earlier.get("merged", [])]
+    older = [m for m in older if m["sections"]]
+    own = kept_labels - {s for m in older for s in m["sections"]}
+    result["merged"] = older + ([{"file": os.path.basename(path), "meta": earlier.get("meta"),
+                                  "sections": sorted(own)}] if own else [])
+    print(f"[{result.get('bench', 'bench')}] kept {len(kept)} rows of {sorted(kept_labels)} from {path}", flush=True)
+    return earlier
+
+
 def rel_err(out, ref):
     """||out - ref|| / ||ref||, computed in fp64 on the CPU for small tensors and fp32 on the
     device for large ones; inf if out has a NaN or inf."""

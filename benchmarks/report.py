@@ -71,7 +71,8 @@ def meta_line(meta, extra=""):
 
 
 def merged_lines(res):
-    """Where the sections of earlier runs (bench_lightning --merge) come from, a line each."""
+    """Where the sections (lightning) or precisions (im2win) of earlier runs (--merge) come
+    from, a line each."""
     lines = []
     for m in res.get("merged", []):
         run = meta_line(m.get("meta") or {}, m.get("note", ""))  # "_..._"
@@ -260,7 +261,7 @@ def im2win_markdown(res):
     by = {}
     for r in rows:
         by.setdefault((r["group"], r["layer"]), {}).setdefault(r["precision"], {})[r["impl"]] = r
-    md = [meta_line(res.get("meta", {}), "cudnn.benchmark=True"), ""]
+    md = [meta_line(res.get("meta", {}), "cudnn.benchmark=True")] + merged_lines(res) + [""]
     md.append("TFLOP/s ours / cuDNN (speedup = cuDNN time / our time) with 2*N*K*Ho*Wo*C*FH*FW per "
               "forward (x3 for fwd+bwd), our window transform included. MiB: peak extra memory of the "
               "fp32 forward beyond the output, ours / cuDNN.")
