@@ -129,27 +129,22 @@ struct MmaTraits {
   };
 };
 
-using FfmaLargeTraits = FfmaTraits<128, 128, 8, 8>;  // 256 threads: the paper's kernel
-using FfmaSmallTraits = FfmaTraits<32, 64, 4, 4>;    // 128 threads: M <= 32
+using FfmaSmallTraits = FfmaTraits<32, 64, 4, 4>;  // 128 threads: M <= 32
 // 8 warps of (BM / 2) x 32 on a BM x 128 tile; kSplit: exact fp32 as 3xTF32.
 template <class T, int BM, bool kSplit = false>
 using MmaTileTraits = MmaTraits<T, BM, 128, 2, 4, kSplit>;
 
 // kMma*: 128-row tiles; the *Half ones 64 rows, for 32 < M <= 64 (K = 64 layers), where a
 // 128-row tile would idle half its rows.
-enum class GemmConfig { kFfmaSmall, kFfmaLarge, kMma, kMmaHalf, kMma3xTf32, kMma3xTf32Half };
+enum class GemmConfig { kFfmaSmall, kMma, kMmaHalf, kMma3xTf32, kMma3xTf32Half };
 
-// Exact fp32 with M > 32 on tensor cores as 3xTF32 rather than the paper's FFMA tile: three
-// tf32 products per step still outrun FFMA on an H200 (bench_im2win fp32 on conv1/5/8/10:
-// 0.87/0.22/0.77/0.36x cuDNN against FFMA's 0.73/0.17/0.64/0.30x), at FFMA's accuracy.
-constexpr bool kExactFp32OnTensorCores = true;
-
-// The one chooser from a problem to a configuration.
+// The one chooser from a problem to a configuration. Exact fp32 with M > 32 runs as 3xTF32
+// on tensor cores, not on the paper's 128 x 128 FFMA tile (removed): three tf32 products per
+// step still outrun FFMA on an H200 (bench_im2win fp32 on conv1/5/8/10: 0.87/0.22/0.77/0.36x
+// cuDNN against the FFMA tile's 0.73/0.17/0.64/0.30x), at FFMA's accuracy.
 inline GemmConfig choose_gemm_config(DType dtype, Fp32Math math, int M) {
   if (M <= FfmaSmallTraits::BM) return GemmConfig::kFfmaSmall;  // a 64-row tile would idle
   const bool half = M <= 64;
-  if (dtype == DType::kFloat32 && math == Fp32Math::kExact && !kExactFp32OnTensorCores)
-    return GemmConfig::kFfmaLarge;
   if (dtype == DType::kFloat32 && math == Fp32Math::kExact)
     return half ? GemmConfig::kMma3xTf32Half : GemmConfig::kMma3xTf32;
   return half ? GemmConfig::kMmaHalf : GemmConfig::kMma;
@@ -162,7 +157,6 @@ struct TileExtent {
 inline TileExtent tile_extent(GemmConfig config) {
   switch (config) {
     case GemmConfig::kFfmaSmall: return {FfmaSmallTraits::BM, FfmaSmallTraits::BN};
-    case GemmConfig::kFfmaLarge: return {FfmaLargeTraits::BM, FfmaLargeTraits::BN};
     case GemmConfig::kMmaHalf:
     case GemmConfig::kMma3xTf32Half: return {MmaTileTraits<float, 64>::BM, MmaTileTraits<float, 64>::BN};
     default: return {MmaTileTraits<float, 128>::BM, MmaTileTraits<float, 128>::BN};
@@ -253,7 +247,7 @@ template <class Traits, class Problem>
 __global__ void __launch_bounds__(Traits::THREADS, Traits::MIN_BLOCKS) implicit_gemm_kernel(const Problem problem) {
   using SmemT = typename Traits::SmemT;
   constexpr int BK = Traits::BK;
-  // Two stages of A (A_STAGE) and B (B_STAGE): 16,640 B (FFMA 128x128), 6,400 B (FFMA 32x64),
+  // Two stages of A (A_STAGE) and B (B_STAGE): 6,400 B (FFMA 32x64),
   // 36,864 / 26,624 B (fp16/bf16 tensor cores, 128 / 64 rows), 37,888 / 27,648 B (TF32,
   // 3xTF32).
   constexpr int kSmemBytes = 2 * (Traits::A_STAGE + Traits::B_STAGE) * int(sizeof(SmemT));
@@ -313,11 +307,6 @@ cudaError_t launch_implicit_gemm(const Problem& p, GemmConfig config, cudaStream
   if (p.M <= 0 || p.N <= 0 || p.R <= 0 || p.groups <= 0) return cudaSuccess;
   switch (config) {
     case GemmConfig::kFfmaSmall: return launch_gemm_with<FfmaSmallTraits>(p, stream);
-    case GemmConfig::kFfmaLarge:
-      // Only exact fp32 takes the large FFMA tile; fp16/bf16 go to tensor cores.
-      if constexpr (std::is_same<T, float>::value)
-        return launch_gemm_with<FfmaLargeTraits>(p, stream);
-      return cudaErrorInvalidValue;
     case GemmConfig::kMma: return launch_gemm_with<MmaTileTraits<T, 128>>(p, stream);
     case GemmConfig::kMmaHalf: return launch_gemm_with<MmaTileTraits<T, 64>>(p, stream);
     case GemmConfig::kMma3xTf32:
