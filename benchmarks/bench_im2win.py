@@ -330,9 +330,8 @@ def main(argv=None):
         },
         "rows": [],
     }
-    if args.merge:
+    if args.merge:  # the geomeans below cover the merged rows too
         common.merge_earlier(result, args.merge, lambda r: r.get("precision"), args.precisions)
-        result["geomean"] = geomeans(result["rows"])
     print(f"[bench_im2win] {result['meta'].get('gpu')} torch {torch.__version__} impls={list(impls)} "
           f"layers={len(args.layers)} precisions={args.precisions}", flush=True)
     for i, (group, batch, layer) in enumerate(args.layers):
