@@ -24,11 +24,9 @@
 # Files in $OUT (at most 8 come back): build_test.log (build, import check, tests),
 # check.log (ctest, sanitizer), bench.log, lightning.json, im2win.json, report.md,
 # lightning.png, im2win.png. Peer wheels in .whl/ (carry it) are installed into /tmp/site.
-# TRITON_CACHE_CARRY=1 also restores Triton's cache from .tcache/triton.tgz and returns it as
-# $OUT/triton.tgz (copy it to .tcache/ here and carry .tcache): FLA then skips its autotuning.
 # Measured on an H200: build 45-60 s, CUDA tests 30-40 s, ctest 65 s, memcheck of the small
 # lightning script 9 s but racecheck 170 s, bench-lightning 5-10 min in full (FLA autotunes
-# 100-145 s per head dim without the cache above); every step has a timeout
+# 100-145 s per head dim on a bare machine); every step has a timeout
 # ($BUILD_TIMEOUT, $TESTS_TIMEOUT, $CTEST_TIMEOUT, $SANITIZER_TIMEOUT per tool, $BENCH_TIMEOUT
 # per bench), so pick steps to fit the 10-minute command limit.
 set -uo pipefail
@@ -97,17 +95,6 @@ install_peers() {
 }
 if want bench-lightning; then
   run_step peers "$BUILD_LOG" install_peers
-fi
-
-# Triton's cache holds FLA's compiled kernels and (FLA_CACHE_RESULTS=1, its default) its
-# autotune choices: 100-145 s of compiling per head dim on a bare machine. With
-# TRITON_CACHE_CARRY=1 the cache is restored from .tcache/triton.tgz (carry .tcache) and
-# returned as $OUT/triton.tgz when it stays under the 16 MB a returned file may have.
-TRITON_TGZ=.tcache/triton.tgz
-if [ "${TRITON_CACHE_CARRY:-0}" = 1 ]; then
-  export TRITON_CACHE_DIR=/tmp/triton_cache
-  mkdir -p "$TRITON_CACHE_DIR"
-  [ -f "$TRITON_TGZ" ] && tar -xzf "$TRITON_TGZ" -C "$TRITON_CACHE_DIR" && echo "triton cache restored from $TRITON_TGZ"
 fi
 
 # ------------------------------------------------------------------------------ build
@@ -241,12 +228,6 @@ if want demo; then
 fi
 
 # ------------------------------------------------------------------------------ summary
-if [ "${TRITON_CACHE_CARRY:-0}" = 1 ]; then
-  tar -czf /tmp/triton.tgz -C "$TRITON_CACHE_DIR" . \
-    && if [ "$(stat -c %s /tmp/triton.tgz)" -le $((16 * 1024 * 1024)) ]; then cp /tmp/triton.tgz "$OUT/"; \
-       else echo "triton cache $(du -h /tmp/triton.tgz | cut -f1): over 16 MB, not returned"; fi
-fi
-
 echo
 echo "================ summary ($(( $(date +%s) - T0 )) s) ================"
 for s in "${ORDER[@]}"; do
