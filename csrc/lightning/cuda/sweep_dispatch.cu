@@ -8,15 +8,16 @@ namespace lightning {
 
 template <typename Elem>
 cudaError_t launch_sweep_width(const SweepParams& p, cudaStream_t stream) {
-  if (p.width_ab <= 64) return launch_sweep_for<Elem, 64>(p, stream);
-  if (p.width_ab <= 128) return launch_sweep_for<Elem, 128>(p, stream);
-  if (p.width_ab <= 192) return launch_sweep_for<Elem, 192>(p, stream);
-  return launch_sweep_for<Elem, 256>(p, stream);
+  switch (width_ab_bucket(p.width_ab)) {
+    case 64: return launch_sweep_for<Elem, 64>(p, stream);
+    case 128: return launch_sweep_for<Elem, 128>(p, stream);
+    case 192: return launch_sweep_for<Elem, 192>(p, stream);
+    default: return launch_sweep_for<Elem, 256>(p, stream);
+  }
 }
 
 int sweep_slice_width(const SweepParams& p) {
-  if (p.dtype == DType::kFloat32) return kFfmaSlice;
-  return mma_slice_for(p.width_ab <= 64 ? 64 : p.width_ab <= 128 ? 128 : p.width_ab <= 192 ? 192 : 256);
+  return p.dtype == DType::kFloat32 ? kFfmaSlice : mma_slice_for(width_ab_bucket(p.width_ab));
 }
 
 cudaError_t launch_sweep(const SweepParams& p, cudaStream_t stream) {

@@ -10,7 +10,6 @@
 
 namespace lightning {
 
-
 template <typename Kernel>
 cudaError_t launch_with_smem(Kernel kernel, const SweepParams& p, int slice, int threads, size_t smem,
                              cudaStream_t stream) {
