@@ -57,8 +57,12 @@ def cuda_enabled():
 
 
 def default_arch_list():
-    """TORCH_CUDA_ARCH_LIST as given, else 9.0 (the H200), which torch would otherwise guess."""
-    return os.environ.get("TORCH_CUDA_ARCH_LIST") or "9.0"
+    """TORCH_CUDA_ARCH_LIST as given, else 9.0 (the H200), which torch would otherwise guess;
+    9.0 is built as 9.0a. The fp32 convolution's Hopper kernel (wgmma) exists only in sm_90a
+    code, and an sm_90a binary runs on the same devices as an sm_90 one (compute capability
+    9.0 exactly); 9.0+PTX stays as it is (the kernels ask the device what they got)."""
+    archs = (os.environ.get("TORCH_CUDA_ARCH_LIST") or "9.0").replace(",", ";").replace(" ", ";")
+    return ";".join("9.0a" if a == "9.0" else a for a in archs.split(";") if a)
 
 
 def sources(name, with_cuda):
@@ -113,7 +117,7 @@ def jit_load(name):
 
     with_cuda = cuda_enabled()
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", default_arch_list())
+        os.environ["TORCH_CUDA_ARCH_LIST"] = default_arch_list()
     args = compile_args(with_cuda, debug=os.environ.get("DEBUG", "0") == "1")
     load(
         name=f"{name}_jit",

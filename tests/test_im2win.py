@@ -46,6 +46,11 @@ CASES = [
     Case("cl_c16_k70", (2, 16, 11, 9), (70, 16, 3, 3), dict(padding=1), channels_last=True),
     Case("cl_c40_k130_s2_dil", (1, 40, 13, 10), (130, 40, 3, 2),
          dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2)), bias=False, channels_last=True),
+    # fp32 with C a multiple of 4: the CUDA wgmma path (NCHW through a channels-last copy), a
+    # channel tail in the last 32-channel slice, K and the positions past one 128 tile
+    Case("nchw_c36_k136", (3, 36, 13, 12), (136, 36, 3, 3), dict(padding=1, stride=(1, 2))),
+    Case("cl_c12_k24_5x5_dil", (2, 12, 14, 15), (24, 12, 5, 3), dict(padding=2, dilation=(1, 2)),
+         bias=False, channels_last=True),
 ]
 
 # (dtype, whether fp32 may use TF32 as cuDNN may)

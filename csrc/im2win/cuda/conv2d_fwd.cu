@@ -1,12 +1,11 @@
-// Forward convolution: ForwardProblem (conv2d_problems.cuh) on the implicit GEMM, or the
-// channels_last tensor-core kernel (conv2d_fwd_nhwc.cu) where it applies.
+// Forward convolution: ForwardProblem (conv2d_problems.cuh) on the implicit GEMM, for every
+// problem the channels-last kernels (conv2d_fwd_nhwc*.cu) do not take.
 #include "conv2d_kernels.cuh"
 #include "conv2d_problems.cuh"
 
 namespace im2win {
 
 cudaError_t conv2d_fwd_gemm(const Conv2dParams& p, cudaStream_t stream) {
-  if (conv2d_fwd_nhwc_supported(p)) return conv2d_fwd_nhwc(p, stream);
   return dispatch_dtype(p.dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
     const ForwardProblem<T> problem = make_forward_problem<T>(p);

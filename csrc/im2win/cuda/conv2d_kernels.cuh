@@ -18,6 +18,17 @@ cudaError_t conv2d_fwd_gemm(const Conv2dParams& p, cudaStream_t stream);
 bool conv2d_fwd_nhwc_supported(const Conv2dParams& p);
 cudaError_t conv2d_fwd_nhwc(const Conv2dParams& p, cudaStream_t stream);
 
+// conv2d_fwd_nhwc_fp32.cu: the same for fp32 with C a multiple of 4 and one group on Hopper
+// tensor cores (wgmma, when the binary has sm_90a code), NCHW tensors through channels-last
+// copies in `workspace`.
+bool conv2d_fwd_nhwc_fp32_supported(const Conv2dParams& p);
+size_t conv2d_fwd_nhwc_fp32_workspace_bytes(const Conv2dParams& p);
+cudaError_t conv2d_fwd_nhwc_fp32(const Conv2dParams& p, void* workspace, cudaStream_t stream);
+
+// channels_last_copy.cu: dst (N, H, W, C), contiguous = src (N, C, H, W) through strides s.
+cudaError_t copy_to_channels_last(DType dtype, const void* src, const NCHWStrides& s, int N, int C,
+                                  int H, int W, void* dst, cudaStream_t stream);
+
 // conv2d_bwd_data.cu: grad_input = the transposed convolution of grad_output, as a gather.
 cudaError_t conv2d_bwd_data_gemm(const Conv2dBwdParams& p, cudaStream_t stream);
 

@@ -51,11 +51,18 @@ int64_t output_positions(const Conv2dParams& p) { return int64_t(p.batch) * p.ou
 
 }  // namespace
 
-size_t conv2d_fwd_workspace_bytes(const Conv2dParams&) { return 0; }  // windows stay on chip
+// Windows stay on chip; only the fp32 wgmma kernel may want channels-last copies of NCHW
+// tensors.
+size_t conv2d_fwd_workspace_bytes(const Conv2dParams& p) {
+  if (!supported(p) || output_positions(p) == 0 || p.out_channels == 0) return 0;
+  return conv2d_fwd_nhwc_fp32_supported(p) ? conv2d_fwd_nhwc_fp32_workspace_bytes(p) : 0;
+}
 
-cudaError_t conv2d_fwd_cuda(const Conv2dParams& p, void* /*workspace*/, cudaStream_t stream) {
+cudaError_t conv2d_fwd_cuda(const Conv2dParams& p, void* workspace, cudaStream_t stream) {
   if (!supported(p)) return cudaErrorInvalidValue;
   if (output_positions(p) == 0 || p.out_channels == 0) return cudaSuccess;
+  if (conv2d_fwd_nhwc_fp32_supported(p)) return conv2d_fwd_nhwc_fp32(p, workspace, stream);
+  if (conv2d_fwd_nhwc_supported(p)) return conv2d_fwd_nhwc(p, stream);
   return conv2d_fwd_gemm(p, stream);
 }
 

@@ -1,0 +1,61 @@
+// A strided (N, C, H, W) tensor copied into a contiguous channels-last (N, H, W, C) one, for
+// the kernels that read windows in 16-byte runs of channels (conv2d_nhwc.cuh) when the
+// caller's tensors are NCHW. One 32 x 32 (channels x pixels) tile per block goes through
+// shared memory so that both the reads (along pixels) and the writes (along channels) are
+// coalesced.
+#include <algorithm>
+
+#include "conv2d_common.cuh"
+#include "conv2d_kernels.cuh"
+
+namespace im2win {
+namespace {
+
+constexpr int kTile = 32, kRowsPerPass = 8;
+constexpr int kMaxGridZ = 65535;
+
+template <class T>
+__global__ void __launch_bounds__(kTile * kRowsPerPass)
+    copy_to_channels_last_kernel(const T* __restrict__ src, NCHWStrides s, int N, int C, int H,
+                                 FastDivmod width, T* __restrict__ dst) {
+  __shared__ T tile[kTile][kTile + 1];  // (channel, pixel); the pad spreads a column's banks
+  const int pixels = H * width.divisor;
+  const int p0 = blockIdx.x * kTile, c0 = blockIdx.y * kTile;
+  for (int n = blockIdx.z; n < N; n += gridDim.z) {
+    const T* const sample = src + n * s.n;
+#pragma unroll
+    for (int i = 0; i < kTile; i += kRowsPerPass) {
+      const int c = c0 + threadIdx.y + i, pixel = p0 + threadIdx.x;
+      if (c < C && pixel < pixels) {
+        int x;
+        const int y = width.divmod(pixel, x);
+        tile[threadIdx.y + i][threadIdx.x] = sample[c * s.c + y * s.h + x * s.w];
+      }
+    }
+    __syncthreads();
+    T* const out = dst + int64_t(n) * pixels * C;
+#pragma unroll
+    for (int i = 0; i < kTile; i += kRowsPerPass) {
+      const int pixel = p0 + threadIdx.y + i, c = c0 + threadIdx.x;
+      if (c < C && pixel < pixels) out[int64_t(pixel) * C + c] = tile[threadIdx.x][threadIdx.y + i];
+    }
+    __syncthreads();  // the tile is refilled for the next sample
+  }
+}
+
+}  // namespace
+
+cudaError_t copy_to_channels_last(DType dtype, const void* src, const NCHWStrides& s, int N, int C,
+                                  int H, int W, void* dst, cudaStream_t stream) {
+  if (int64_t(N) * C * H * W == 0) return cudaSuccess;
+  const dim3 grid(ceil_div(H * W, kTile), ceil_div(C, kTile), std::min(N, kMaxGridZ));
+  const dim3 block(kTile, kRowsPerPass);
+  return dispatch_dtype(dtype, [&](auto type_tag) {
+    using T = decltype(type_tag);
+    copy_to_channels_last_kernel<T><<<grid, block, 0, stream>>>(
+        static_cast<const T*>(src), s, N, C, H, FastDivmod(W), static_cast<T*>(dst));
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace im2win

@@ -1,0 +1,294 @@
+// Forward convolution of fp32 tensors on Hopper tensor cores (wgmma, sm_90a): the
+// channels-last im2win window of conv2d_nhwc.cuh, exact fp32 as 3xTF32 or plain TF32.
+//
+// NCHW tensors are first copied channels-last into the workspace (channels_last_copy.cu):
+// two passes over the input buy 16-byte window copies with one address per tap instead of
+// one per element. A block of 256 threads owns 128 output positions x BN output channels;
+// each of its two warpgroups multiplies 64 of the positions. Per slice (32 channels of one
+// tap): cp.async lands the raw values in a kStages ring; all threads then split them in
+// place, x = big + small with big = x rounded to TF32 (kept in the ring) and small the exact
+// remainder (a second buffer), and each warpgroup issues, per 8 channels, small * big,
+// big * small and big * big (3xTF32; TF32 issues big * big alone). Tensor cores truncate as
+// they accumulate (gemm_tile.cuh's 3xTF32 note), so exact fp32 gathers a slice's twelve
+// products in a fresh accumulator that reaches the sum by one ordinary add. While a slice
+// multiplies, the next one is split and later ones are in flight.
+#include <atomic>
+#include <cstdint>
+
+#include "../../common/gemm_tile.cuh"
+#include "../../common/wgmma.cuh"
+#include "conv2d_kernels.cuh"
+#include "conv2d_nhwc.cuh"
+
+namespace im2win {
+namespace {
+
+constexpr int kThreads = kNhwcThreads;  // two warpgroups
+constexpr int kStages = 4;
+constexpr int BM = 128;                 // output positions per block, 64 per warpgroup
+constexpr int kWarpgroupRows = 64;
+
+template <int BN, bool kExact>
+struct Fp32Tile {
+  using Layout = tile::Sw128Fp32Layout;
+  using Mma = tile::WgmmaTf32<BN>;
+  // A stage is A (BM rows) then B (BN rows), each a whole number of 1024-byte atoms.
+  static constexpr int kAElems = Layout::elems(BM), kBElems = Layout::elems(BN);
+  static constexpr int kStageElems = kAElems + kBElems;
+  static constexpr int kSmallBuffers = kExact ? 2 : 0;  // small parts of the slice in use and the next
+  static constexpr int kSmemBytes =
+      (kStages + kSmallBuffers) * kStageElems * int(sizeof(float)) + Layout::kAtomBytes;  // + alignment
+  static_assert(kBElems * sizeof(float) % Layout::kAtomBytes == 0, "B must start on an atom");
+};
+
+// The ring's first byte rounded up to the swizzle atom: the dynamic shared window's base
+// alignment is not promised.
+__device__ float* align_to_atom(unsigned char* p) {
+  const uint32_t addr = tile::smem_addr(p);
+  const uint32_t pad = (tile::Sw128Fp32Layout::kAtomBytes - addr % tile::Sw128Fp32Layout::kAtomBytes) %
+                       tile::Sw128Fp32Layout::kAtomBytes;
+  return reinterpret_cast<float*>(p + pad);
+}
+
+// Rounds a landed stage to TF32 in place and, for exact fp32, writes the remainders to
+// `small` at the same offsets (elementwise, so the swizzle plays no part).
+template <int kStageElems, bool kExact>
+__device__ void split_stage(float* stage, float* small, int tid) {
+  constexpr int kVecs = kStageElems / 4;
+  static_assert(kVecs % kThreads == 0, "a stage splits evenly over the threads");
+#pragma unroll
+  for (int j = 0; j < kVecs / kThreads; ++j) {
+    const int i = tid + j * kThreads;
+    const float4 v = reinterpret_cast<float4*>(stage)[i];
+    const tile::Tf32Pair x = tile::split_tf32(v.x), y = tile::split_tf32(v.y),
+                         z = tile::split_tf32(v.z), w = tile::split_tf32(v.w);
+    reinterpret_cast<float4*>(stage)[i] = make_float4(__uint_as_float(x.big), __uint_as_float(y.big),
+                                                      __uint_as_float(z.big), __uint_as_float(w.big));
+    if constexpr (kExact)
+      reinterpret_cast<float4*>(small)[i] = make_float4(__uint_as_float(x.small), __uint_as_float(y.small),
+                                                        __uint_as_float(z.small), __uint_as_float(w.small));
+  }
+}
+
+template <int BN, bool kExact>
+__global__ void __launch_bounds__(kThreads, 1)
+    conv2d_fwd_nhwc_fp32_kernel(const NhwcConv<float> p, int n_tiles) {
+#if TILE_HAS_WGMMA
+  using Tile = Fp32Tile<BN, kExact>;
+  using Layout = typename Tile::Layout;
+  using Mma = typename Tile::Mma;
+  constexpr int kStageElems = Tile::kStageElems;
+  extern __shared__ unsigned char smem_raw[];
+  float* const ring = align_to_atom(smem_raw);    // (kStages, kStageElems)
+  float* const smalls = ring + kStages * kStageElems;  // (2, kStageElems), exact fp32 only
+
+  const int m_block = (blockIdx.x / n_tiles) * BM, n_block = (blockIdx.x % n_tiles) * BN;
+  const int warpgroup = threadIdx.x / 128;
+  const NhwcCopier<float, BM, BN, Layout> copier(p, m_block, threadIdx.x);
+  SliceCursor next;  // the next slice to copy
+
+  float acc[Mma::kRegs];
+  float fresh[Mma::kRegs];  // exact fp32: the products of the slice in flight
+#pragma unroll
+  for (int i = 0; i < Mma::kRegs; ++i) acc[i] = 0.f;
+
+  // Slices 0 .. kStages - 2 in flight; a group is committed even when empty so that
+  // wait_group counts slices.
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < p.slices) {
+      float* const stage = ring + s * kStageElems;
+      copier.copy(p, next, n_block, stage, stage + Tile::kAElems);
+      next.advance(p.C, p.kernel_w);
+    }
+    tile::cp_async_commit();
+  }
+
+  auto add_fresh = [&] {
+    tile::wgmma_fence_registers(fresh);
+#pragma unroll
+    for (int i = 0; i < Mma::kRegs; ++i) acc[i] += fresh[i];
+  };
+
+  for (int s = 0; s < p.slices; ++s) {
+    tile::cp_async_wait<kStages - 2>();  // this thread's copies of slice s have landed
+    __syncthreads();                     // everyone's
+    float* const stage = ring + (s % kStages) * kStageElems;
+    float* const small = smalls + (s % 2) * kStageElems;
+    split_stage<kStageElems, kExact>(stage, small, threadIdx.x);
+    tile::fence_proxy_async();  // the split values are read by the tensor cores next
+    // Slice s - 1's products are done: its stage and small buffer are free after the barrier.
+    tile::wgmma_wait<0>();
+    if constexpr (kExact) {
+      if (s > 0) add_fresh();
+    }
+    __syncthreads();
+
+    const float* const a = stage + warpgroup * Layout::elems(kWarpgroupRows);
+    const float* const b = stage + Tile::kAElems;
+    const uint64_t a_big = tile::wgmma_desc_sw128(a), b_big = tile::wgmma_desc_sw128(b);
+    tile::wgmma_fence();
+    if constexpr (kExact) {
+      tile::wgmma_fence_registers(fresh);
+      const uint64_t a_small = tile::wgmma_desc_sw128(small + (a - stage));
+      const uint64_t b_small = tile::wgmma_desc_sw128(small + Tile::kAElems);
+#pragma unroll
+      for (int k = 0; k < kSliceChannels / 8; ++k) {
+        const uint64_t dk = k * tile::kWgmmaDescK8;
+        Mma::mma(fresh, a_small + dk, b_big + dk, k > 0);  // the first product overwrites
+        Mma::mma(fresh, a_big + dk, b_small + dk, 1);
+        Mma::mma(fresh, a_big + dk, b_big + dk, 1);
+      }
+    } else {
+      tile::wgmma_fence_registers(acc);
+#pragma unroll
+      for (int k = 0; k < kSliceChannels / 8; ++k) {
+        const uint64_t dk = k * tile::kWgmmaDescK8;
+        Mma::mma(acc, a_big + dk, b_big + dk, 1);
+      }
+    }
+    tile::wgmma_commit();
+
+    const int ahead = s + kStages - 1;
+    if (ahead < p.slices) {
+      float* const free_stage = ring + (ahead % kStages) * kStageElems;
+      copier.copy(p, next, n_block, free_stage, free_stage + Tile::kAElems);
+      next.advance(p.C, p.kernel_w);
+    }
+    tile::cp_async_commit();
+  }
+  tile::wgmma_wait<0>();
+  if constexpr (kExact) {
+    if (p.slices > 0) add_fresh();
+  } else {
+    tile::wgmma_fence_registers(acc);
+  }
+
+  // Epilogue: thread (warp w of its warpgroup, lane g * 4 + t) holds rows 16 w + g and
+  // 16 w + g + 8 of its warpgroup's 64, channel pairs 8 j + 2 t (wgmma.cuh).
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int row0 = m_block + warpgroup * kWarpgroupRows + (threadIdx.x / 32) % 4 * 16 + g;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int m = row0 + 8 * half;
+    if (m >= p.positions) continue;
+    const PlaneIndex o = p.out_positions(m);
+    float* const out = p.output + o.n * p.out_n + o.y * p.out_h + o.x * p.out_w;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const int k = n_block + 8 * j + 2 * t;
+      if (k >= p.K) continue;
+      const bool has_next = k + 1 < p.K;
+      float v0 = acc[4 * j + 2 * half], v1 = acc[4 * j + 2 * half + 1];
+      if (p.bias != nullptr) {
+        v0 += p.bias[k];
+        if (has_next) v1 += p.bias[k + 1];
+      }
+      if (p.pair_store && has_next) {
+        *reinterpret_cast<float2*>(out + k) = make_float2(v0, v1);
+      } else {
+        out[k * p.out_c] = v0;
+        if (has_next) out[(k + 1) * p.out_c] = v1;
+      }
+    }
+  }
+#else
+  __trap();  // never launched: wgmma_compiled_in() said this binary has no sm_90a code
+#endif
+}
+
+template <int BN, bool kExact>
+cudaError_t launch_fp32(const NhwcConv<float>& conv, cudaStream_t stream) {
+  using Tile = Fp32Tile<BN, kExact>;
+  const auto kernel = conv2d_fwd_nhwc_fp32_kernel<BN, kExact>;
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const int n_tiles = ceil_div(conv.K, BN);
+  // Blocks of one position tile are neighbours in launch order: its windows are read from
+  // DRAM once and then from L2 by the blocks of the other channel tiles.
+  const int blocks = ceil_div(conv.positions, BM) * n_tiles;
+  kernel<<<blocks, kThreads, Tile::kSmemBytes, stream>>>(conv, n_tiles);
+  return cudaGetLastError();
+}
+
+// ---- whether the loaded binary has the sm_90a kernels ---------------------------------
+
+__device__ int g_wgmma_compiled_in;
+
+__global__ void wgmma_probe_kernel() { g_wgmma_compiled_in = TILE_HAS_WGMMA; }
+
+constexpr int kMaxDevices = 64;
+std::atomic<int> g_wgmma_by_device[kMaxDevices];  // 0 unknown, 1 no, 2 yes
+
+// One launch and one synchronous read per device and process: the driver picks the binary
+// by the device, so only the device can say whether the sm_90a pass was built and chosen.
+bool wgmma_compiled_in() {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return false;
+  int known = g_wgmma_by_device[device].load(std::memory_order_relaxed);
+  if (known == 0) {
+    int value = 0;
+    wgmma_probe_kernel<<<1, 1>>>();
+    const bool ok = cudaGetLastError() == cudaSuccess &&
+                    cudaMemcpyFromSymbol(&value, g_wgmma_compiled_in, sizeof(int)) == cudaSuccess;
+    known = ok && value == 1 ? 2 : 1;
+    g_wgmma_by_device[device].store(known, std::memory_order_relaxed);
+  }
+  return known == 2;
+}
+
+constexpr size_t kWorkspaceAlign = 256;
+size_t aligned_bytes(int64_t elems) {
+  const size_t bytes = size_t(elems) * sizeof(float);
+  return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+}
+int64_t input_elems(const Conv2dParams& p) { return int64_t(p.batch) * p.in_channels * p.in_h * p.in_w; }
+int64_t weight_elems(const Conv2dParams& p) {
+  return int64_t(p.out_channels) * p.in_channels * p.kernel_h * p.kernel_w;
+}
+bool input_needs_copy(const Conv2dParams& p) { return !nhwc_chunked<float>(p.input, p.in_stride); }
+bool weight_needs_copy(const Conv2dParams& p) { return !nhwc_chunked<float>(p.weight, p.w_stride); }
+
+NCHWStrides channels_last_strides(int C, int H, int W) {
+  return {int64_t(H) * W * C, 1, int64_t(W) * C, C};
+}
+
+}  // namespace
+
+bool conv2d_fwd_nhwc_fp32_supported(const Conv2dParams& p) {
+  return p.dtype == DType::kFloat32 && p.groups == 1 &&
+         p.in_channels % NhwcChunk<float>::kElems == 0 && wgmma_compiled_in();
+}
+
+size_t conv2d_fwd_nhwc_fp32_workspace_bytes(const Conv2dParams& p) {
+  return (input_needs_copy(p) ? aligned_bytes(input_elems(p)) : 0) +
+         (weight_needs_copy(p) ? aligned_bytes(weight_elems(p)) : 0);
+}
+
+cudaError_t conv2d_fwd_nhwc_fp32(const Conv2dParams& p, void* workspace, cudaStream_t stream) {
+  const void* input = p.input;
+  const void* weight = p.weight;
+  NCHWStrides in_stride = p.in_stride, w_stride = p.w_stride;
+  unsigned char* free_space = static_cast<unsigned char*>(workspace);
+  cudaError_t err = cudaSuccess;
+  if (input_needs_copy(p)) {
+    err = copy_to_channels_last(p.dtype, p.input, p.in_stride, p.batch, p.in_channels, p.in_h,
+                                p.in_w, free_space, stream);
+    input = free_space, in_stride = channels_last_strides(p.in_channels, p.in_h, p.in_w);
+    free_space += aligned_bytes(input_elems(p));
+  }
+  if (err == cudaSuccess && weight_needs_copy(p)) {
+    err = copy_to_channels_last(p.dtype, p.weight, p.w_stride, p.out_channels, p.in_channels,
+                                p.kernel_h, p.kernel_w, free_space, stream);
+    weight = free_space, w_stride = channels_last_strides(p.in_channels, p.kernel_h, p.kernel_w);
+  }
+  if (err != cudaSuccess) return err;
+  const NhwcConv<float> conv = make_nhwc_conv<float>(p, input, in_stride, weight, w_stride);
+  const bool exact = p.fp32_math == Fp32Math::kExact;
+  // 64 output channels or fewer: a 64-wide tile wastes none of its columns on them.
+  if (p.out_channels <= 64) return exact ? launch_fp32<64, true>(conv, stream) : launch_fp32<64, false>(conv, stream);
+  return exact ? launch_fp32<128, true>(conv, stream) : launch_fp32<128, false>(conv, stream);
+}
+
+}  // namespace im2win

@@ -1,0 +1,151 @@
+// The channels-last form of the im2win window, shared by the forward kernels on NHWC data
+// (conv2d_fwd_nhwc.cu: fp16/bf16 on mma.sync; conv2d_fwd_nhwc_fp32.cu: fp32 on wgmma).
+// Output position (n, oh, ow) reads its window in (fh, fw, c) order, c innermost, so every
+// 16 bytes of channels of one tap are one run of the input (and of a (K, FH, FW, C)
+// weight): windows go straight from the input into shared memory by 16-byte cp.async,
+// never through a window tensor. The GEMM is
+//   out[pos][k] = sum over r = (fh, fw, c) of window[pos][r] * weight[k][r],
+// both operands K-major in shared memory, one slice of kSliceChannels channels of one tap at
+// a time.
+#pragma once
+
+#include <cstdint>
+
+#include "../../common/tile.cuh"
+#include "conv2d_window.cuh"
+
+namespace im2win {
+
+constexpr int kNhwcThreads = 256;
+constexpr int kSliceChannels = 32;  // channels of one tap in one reduction slice
+
+// 16-byte copies of T: elements in one, and copies in one slice row.
+template <class T>
+struct NhwcChunk {
+  static constexpr int kElems = 16 / int(sizeof(T));
+  static constexpr int kPerRow = kSliceChannels / kElems;
+  static constexpr int kRowStep = kNhwcThreads / kPerRow;  // rows apart of one thread's copies
+};
+
+// The convolution as the kernels see it: element strides (the input's and the weight's
+// channel stride is 1), in-sample offsets in int (conv2d_launch.cu checks they fit).
+template <class T>
+struct NhwcConv {
+  const T* input;   // (N, H, W, C)
+  const T* weight;  // (K, FH, FW, C)
+  const T* bias;    // (K,) or nullptr
+  T* output;        // (N, K, Ho, Wo) through the out_* strides
+  int positions;    // N * Ho * Wo: the GEMM's rows
+  int K, C, H, W, kernel_w;
+  int stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int64_t in_n, out_n;  // sample strides
+  int in_h, in_w, out_c, out_h, out_w, w_k, w_h, w_w;
+  int slices;       // FH * FW * ceil(C / kSliceChannels)
+  bool pair_store;  // channel stride 1 and K even: channels (k, k + 1) are one aligned word
+  PlaneDecoder out_positions;
+};
+
+// The reduction one slice at a time: tap (fh, fw), and the first channel c0 within it.
+struct SliceCursor {
+  int fh = 0, fw = 0, c0 = 0;
+
+  __device__ void advance(int channels, int kernel_w) {
+    c0 += kSliceChannels;
+    if (c0 < channels) return;
+    c0 = 0;
+    if (++fw == kernel_w) {
+      fw = 0;
+      ++fh;
+    }
+  }
+};
+
+// One thread's share of every slice: 16-byte chunk `chunk` of kARows window rows (output
+// positions) and kBRows filter rows, each kRowStep rows apart, stored through Layout (element
+// offsets). The window origins are decoded once; a slice only adds its tap.
+template <class T, int BM, int BN, class Layout>
+struct NhwcCopier {
+  using Chunk = NhwcChunk<T>;
+  static constexpr int kARows = BM / Chunk::kRowStep, kBRows = BN / Chunk::kRowStep;
+  static_assert(kARows * Chunk::kRowStep == BM && kBRows * Chunk::kRowStep == BN,
+                "tile rows must split evenly over the copying threads");
+
+  int chunk, row0;
+  const T* sample[kARows];  // the input sample of each window row
+  int ih0[kARows], iw0[kARows];
+  bool position_ok[kARows];
+
+  __device__ NhwcCopier(const NhwcConv<T>& p, int m_block, int tid)
+      : chunk(tid % Chunk::kPerRow), row0(tid / Chunk::kPerRow) {
+#pragma unroll
+    for (int i = 0; i < kARows; ++i) {
+      const int m = m_block + row0 + i * Chunk::kRowStep;
+      position_ok[i] = m < p.positions;
+      const PlaneIndex o = p.out_positions(position_ok[i] ? m : 0);
+      sample[i] = p.input + o.n * p.in_n;
+      ih0[i] = o.y * p.stride_h - p.pad_h;
+      iw0[i] = o.x * p.stride_w - p.pad_w;
+    }
+  }
+
+  // Issues the copies of slice s into one stage; padding, channel tails and rows past the
+  // tile's end are zero-filled without a read.
+  __device__ void copy(const NhwcConv<T>& p, const SliceCursor& s, int n_block, T* sA, T* sB) const {
+    const int c = s.c0 + chunk * Chunk::kElems;
+    const bool channel_ok = c < p.C;
+    const int dy = s.fh * p.dilation_h, dx = s.fw * p.dilation_w;
+#pragma unroll
+    for (int i = 0; i < kARows; ++i) {
+      const int ih = ih0[i] + dy, iw = iw0[i] + dx;
+      const bool ok = position_ok[i] && channel_ok && unsigned(ih) < unsigned(p.H) &&
+                      unsigned(iw) < unsigned(p.W);
+      const T* src = ok ? sample[i] + ih * p.in_h + iw * p.in_w + c : p.input;
+      tile::cp_async_16(sA + Layout::offset(row0 + i * Chunk::kRowStep, chunk * Chunk::kElems), src, ok);
+    }
+    const int tap_offset = s.fh * p.w_h + s.fw * p.w_w + c;
+#pragma unroll
+    for (int j = 0; j < kBRows; ++j) {
+      const int k = n_block + row0 + j * Chunk::kRowStep;
+      const bool ok = channel_ok && k < p.K;
+      const T* src = ok ? p.weight + k * p.w_k + tap_offset : p.weight;
+      tile::cp_async_16(sB + Layout::offset(row0 + j * Chunk::kRowStep, chunk * Chunk::kElems), src, ok);
+    }
+  }
+};
+
+// The problem of p with the input and weight read from `input` / `weight` through the given
+// strides (p's own tensors, or channels-last copies of them).
+template <class T>
+NhwcConv<T> make_nhwc_conv(const Conv2dParams& p, const void* input, const NCHWStrides& in_stride,
+                           const void* weight, const NCHWStrides& w_stride) {
+  NhwcConv<T> c;
+  c.input = static_cast<const T*>(input);
+  c.weight = static_cast<const T*>(weight);
+  c.bias = static_cast<const T*>(p.bias);
+  c.output = static_cast<T*>(p.output);
+  c.positions = p.batch * p.out_h * p.out_w;
+  c.K = p.out_channels, c.C = p.in_channels, c.H = p.in_h, c.W = p.in_w, c.kernel_w = p.kernel_w;
+  c.stride_h = p.stride_h, c.stride_w = p.stride_w, c.pad_h = p.pad_h, c.pad_w = p.pad_w;
+  c.dilation_h = p.dilation_h, c.dilation_w = p.dilation_w;
+  c.in_n = in_stride.n, c.out_n = p.out_stride.n;
+  c.in_h = int(in_stride.h), c.in_w = int(in_stride.w);
+  c.out_c = int(p.out_stride.c), c.out_h = int(p.out_stride.h), c.out_w = int(p.out_stride.w);
+  c.w_k = int(w_stride.n), c.w_h = int(w_stride.h), c.w_w = int(w_stride.w);
+  c.slices = p.kernel_h * p.kernel_w * ceil_div(p.in_channels, kSliceChannels);
+  c.pair_store = p.out_stride.c == 1 && p.out_channels % 2 == 0 &&
+                 reinterpret_cast<uintptr_t>(p.output) % (2 * sizeof(T)) == 0 &&
+                 p.out_stride.n % 2 == 0 && p.out_stride.h % 2 == 0 && p.out_stride.w % 2 == 0;
+  c.out_positions = PlaneDecoder(p.out_h, p.out_w);
+  return c;
+}
+
+// Whether a tensor with these strides and this base can be read in 16-byte chunks of T
+// along its channels.
+template <class T>
+bool nhwc_chunked(const void* ptr, const NCHWStrides& s) {
+  constexpr int kElems = NhwcChunk<T>::kElems;
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && s.c == 1 && s.n % kElems == 0 &&
+         s.h % kElems == 0 && s.w % kElems == 0;
+}
+
+}  // namespace im2win
