@@ -1,17 +1,17 @@
 // Forward convolution of fp32 tensors on Hopper tensor cores (wgmma, sm_90a): the
 // channels-last im2win window of conv2d_nhwc.cuh, exact fp32 as 3xTF32 or plain TF32.
 //
-// NCHW tensors are first copied channels-last into the workspace (channels_last_copy.cu):
+// Before the GEMM, the weight is copied channels-last and split into TF32 big and small
+// parts once per call (channels_last_copy.cu), and an NCHW input is copied channels-last:
 // two passes over the input buy 16-byte window copies with one address per tap instead of
 // one per element. A block of 256 threads owns 128 output positions x BN output channels;
 // each of its two warpgroups multiplies 64 of the positions. Per slice (32 channels of one
-// tap): cp.async lands the raw values in a kStages ring; all threads then split them in
-// place, x = big + small with big = x rounded to TF32 (kept in the ring) and small the exact
-// remainder (a second buffer), and each warpgroup issues, per 8 channels, small * big,
-// big * small and big * big (3xTF32; TF32 issues big * big alone). Tensor cores truncate as
-// they accumulate (gemm_tile.cuh's 3xTF32 note), so exact fp32 gathers a slice's twelve
-// products in a fresh accumulator that reaches the sum by one ordinary add. While a slice
-// multiplies, the next one is split and later ones are in flight.
+// tap) cp.async lands the raw windows and both weight parts in a kStages ring; each warp
+// reads its window rows into registers (ldmatrix), splits them there, and its warpgroup
+// issues, per 8 channels, small * big, big * small and big * big (3xTF32; TF32 issues big *
+// big alone) with A from registers and B from shared memory. Tensor cores truncate as they
+// accumulate (gemm_tile.cuh's 3xTF32 note), so exact fp32 gathers a slice's twelve products
+// in a fresh accumulator that reaches the sum by one ordinary add.
 #include <atomic>
 #include <cstdint>
 
@@ -32,42 +32,20 @@ template <int BN, bool kExact>
 struct Fp32Tile {
   using Layout = tile::Sw128Fp32Layout;
   using Mma = tile::WgmmaTf32<BN>;
-  // A stage is A (BM rows) then B (BN rows), each a whole number of 1024-byte atoms.
+  // A stage: the windows (BM rows), the weight's big parts and, for exact fp32, its small
+  // parts (BN rows each), each a whole number of 1024-byte atoms.
   static constexpr int kAElems = Layout::elems(BM), kBElems = Layout::elems(BN);
-  static constexpr int kStageElems = kAElems + kBElems;
-  static constexpr int kSmallBuffers = kExact ? 2 : 0;  // small parts of the slice in use and the next
-  static constexpr int kSmemBytes =
-      (kStages + kSmallBuffers) * kStageElems * int(sizeof(float)) + Layout::kAtomBytes;  // + alignment
+  static constexpr int kStageElems = kAElems + (kExact ? 2 : 1) * kBElems;
+  static constexpr int kSmemBytes = kStages * kStageElems * int(sizeof(float)) + Layout::kAtomBytes;  // + alignment
+  static constexpr int kSteps = kSliceChannels / 8;  // k steps of one slice
   static_assert(kBElems * sizeof(float) % Layout::kAtomBytes == 0, "B must start on an atom");
 };
 
 // The ring's first byte rounded up to the swizzle atom: the dynamic shared window's base
 // alignment is not promised.
 __device__ float* align_to_atom(unsigned char* p) {
-  const uint32_t addr = tile::smem_addr(p);
-  const uint32_t pad = (tile::Sw128Fp32Layout::kAtomBytes - addr % tile::Sw128Fp32Layout::kAtomBytes) %
-                       tile::Sw128Fp32Layout::kAtomBytes;
-  return reinterpret_cast<float*>(p + pad);
-}
-
-// Rounds a landed stage to TF32 in place and, for exact fp32, writes the remainders to
-// `small` at the same offsets (elementwise, so the swizzle plays no part).
-template <int kStageElems, bool kExact>
-__device__ void split_stage(float* stage, float* small, int tid) {
-  constexpr int kVecs = kStageElems / 4;
-  static_assert(kVecs % kThreads == 0, "a stage splits evenly over the threads");
-#pragma unroll
-  for (int j = 0; j < kVecs / kThreads; ++j) {
-    const int i = tid + j * kThreads;
-    const float4 v = reinterpret_cast<float4*>(stage)[i];
-    const tile::Tf32Pair x = tile::split_tf32(v.x), y = tile::split_tf32(v.y),
-                         z = tile::split_tf32(v.z), w = tile::split_tf32(v.w);
-    reinterpret_cast<float4*>(stage)[i] = make_float4(__uint_as_float(x.big), __uint_as_float(y.big),
-                                                      __uint_as_float(z.big), __uint_as_float(w.big));
-    if constexpr (kExact)
-      reinterpret_cast<float4*>(small)[i] = make_float4(__uint_as_float(x.small), __uint_as_float(y.small),
-                                                        __uint_as_float(z.small), __uint_as_float(w.small));
-  }
+  constexpr uint32_t kAtom = tile::Sw128Fp32Layout::kAtomBytes;
+  return reinterpret_cast<float*>(p + (kAtom - tile::smem_addr(p) % kAtom) % kAtom);
 }
 
 template <int BN, bool kExact>
@@ -77,18 +55,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   using Tile = Fp32Tile<BN, kExact>;
   using Layout = typename Tile::Layout;
   using Mma = typename Tile::Mma;
-  constexpr int kStageElems = Tile::kStageElems;
+  constexpr int kStageElems = Tile::kStageElems, kSteps = Tile::kSteps;
   extern __shared__ unsigned char smem_raw[];
-  float* const ring = align_to_atom(smem_raw);    // (kStages, kStageElems)
-  float* const smalls = ring + kStages * kStageElems;  // (2, kStageElems), exact fp32 only
+  float* const ring = align_to_atom(smem_raw);  // (kStages, kStageElems)
 
   const int m_block = (blockIdx.x / n_tiles) * BM, n_block = (blockIdx.x % n_tiles) * BN;
-  const int warpgroup = threadIdx.x / 128;
+  const int warpgroup = threadIdx.x / 128, lane = threadIdx.x % 32;
+  const int warp_rows = warpgroup * kWarpgroupRows + (threadIdx.x / 32) % 4 * 16;  // first A row
   const NhwcCopier<float, BM, BN, Layout> copier(p, m_block, threadIdx.x);
   SliceCursor next;  // the next slice to copy
+  auto copy_next = [&](float* stage) {
+    copier.template copy<kExact>(p, next, n_block, stage, stage + Tile::kAElems,
+                                 stage + Tile::kAElems + Tile::kBElems);
+    next.advance(p.C, p.kernel_w);
+  };
 
   float acc[Mma::kRegs];
-  float fresh[Mma::kRegs];  // exact fp32: the products of the slice in flight
+  float fresh[Mma::kRegs];                         // exact fp32: the slice in flight's products
+  uint32_t a_big[kSteps][4], a_small[kSteps][4];  // its window fragments, read by the tensor cores
 #pragma unroll
   for (int i = 0; i < Mma::kRegs; ++i) acc[i] = 0.f;
 
@@ -96,81 +80,75 @@ __global__ void __launch_bounds__(kThreads, 1)
   // wait_group counts slices.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < p.slices) {
-      float* const stage = ring + s * kStageElems;
-      copier.copy(p, next, n_block, stage, stage + Tile::kAElems);
-      next.advance(p.C, p.kernel_w);
-    }
+    if (s < p.slices) copy_next(ring + s * kStageElems);
     tile::cp_async_commit();
   }
 
-  auto add_fresh = [&] {
-    tile::wgmma_fence_registers(fresh);
-#pragma unroll
-    for (int i = 0; i < Mma::kRegs; ++i) acc[i] += fresh[i];
-  };
-
   for (int s = 0; s < p.slices; ++s) {
     tile::cp_async_wait<kStages - 2>();  // this thread's copies of slice s have landed
-    __syncthreads();                     // everyone's
-    float* const stage = ring + (s % kStages) * kStageElems;
-    float* const small = smalls + (s % 2) * kStageElems;
-    split_stage<kStageElems, kExact>(stage, small, threadIdx.x);
-    tile::fence_proxy_async();  // the split values are read by the tensor cores next
-    // Slice s - 1's products are done: its stage and small buffer are free after the barrier.
-    tile::wgmma_wait<0>();
+    tile::wgmma_wait<0>();               // this warpgroup's products of slice s - 1 are done
+    tile::wgmma_fence_registers(a_big);
     if constexpr (kExact) {
-      if (s > 0) add_fresh();
+      tile::wgmma_fence_registers(a_small);
+      tile::wgmma_fence_registers(fresh);
+      if (s > 0) {
+#pragma unroll
+        for (int i = 0; i < Mma::kRegs; ++i) acc[i] += fresh[i];
+      }
     }
-    __syncthreads();
+    tile::fence_proxy_async();  // the landed weights are read by the tensor cores next
+    __syncthreads();            // everyone's copies of s landed, everyone's products of s - 1 done
 
-    const float* const a = stage + warpgroup * Layout::elems(kWarpgroupRows);
-    const float* const b = stage + Tile::kAElems;
-    const uint64_t a_big = tile::wgmma_desc_sw128(a), b_big = tile::wgmma_desc_sw128(b);
+    const float* const stage = ring + (s % kStages) * kStageElems;
+    const uint64_t b_big = tile::wgmma_desc_sw128(stage + Tile::kAElems);
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+      uint32_t raw[4];
+      tile::load_a_tf32(raw, stage, warp_rows, 8 * k, lane);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const tile::Tf32Pair x = tile::split_tf32(__uint_as_float(raw[i]));
+        a_big[k][i] = x.big, a_small[k][i] = x.small;
+      }
+    }
     tile::wgmma_fence();
     if constexpr (kExact) {
-      tile::wgmma_fence_registers(fresh);
-      const uint64_t a_small = tile::wgmma_desc_sw128(small + (a - stage));
-      const uint64_t b_small = tile::wgmma_desc_sw128(small + Tile::kAElems);
+      const uint64_t b_small = tile::wgmma_desc_sw128(stage + Tile::kAElems + Tile::kBElems);
 #pragma unroll
-      for (int k = 0; k < kSliceChannels / 8; ++k) {
+      for (int k = 0; k < kSteps; ++k) {
         const uint64_t dk = k * tile::kWgmmaDescK8;
-        Mma::mma(fresh, a_small + dk, b_big + dk, k > 0);  // the first product overwrites
-        Mma::mma(fresh, a_big + dk, b_small + dk, 1);
-        Mma::mma(fresh, a_big + dk, b_big + dk, 1);
+        Mma::mma(fresh, a_small[k], b_big + dk, k > 0);  // the first product overwrites
+        Mma::mma(fresh, a_big[k], b_small + dk, 1);
+        Mma::mma(fresh, a_big[k], b_big + dk, 1);
       }
     } else {
-      tile::wgmma_fence_registers(acc);
 #pragma unroll
-      for (int k = 0; k < kSliceChannels / 8; ++k) {
-        const uint64_t dk = k * tile::kWgmmaDescK8;
-        Mma::mma(acc, a_big + dk, b_big + dk, 1);
-      }
+      for (int k = 0; k < kSteps; ++k) Mma::mma(acc, a_big[k], b_big + k * tile::kWgmmaDescK8, 1);
     }
     tile::wgmma_commit();
 
+    // Slice s - 1's stage is free: every warpgroup passed the barrier after its products.
     const int ahead = s + kStages - 1;
-    if (ahead < p.slices) {
-      float* const free_stage = ring + (ahead % kStages) * kStageElems;
-      copier.copy(p, next, n_block, free_stage, free_stage + Tile::kAElems);
-      next.advance(p.C, p.kernel_w);
-    }
+    if (ahead < p.slices) copy_next(ring + (ahead % kStages) * kStageElems);
     tile::cp_async_commit();
   }
   tile::wgmma_wait<0>();
   if constexpr (kExact) {
-    if (p.slices > 0) add_fresh();
+    tile::wgmma_fence_registers(fresh);
+    if (p.slices > 0) {
+#pragma unroll
+      for (int i = 0; i < Mma::kRegs; ++i) acc[i] += fresh[i];
+    }
   } else {
     tile::wgmma_fence_registers(acc);
   }
 
   // Epilogue: thread (warp w of its warpgroup, lane g * 4 + t) holds rows 16 w + g and
   // 16 w + g + 8 of its warpgroup's 64, channel pairs 8 j + 2 t (wgmma.cuh).
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int row0 = m_block + warpgroup * kWarpgroupRows + (threadIdx.x / 32) % 4 * 16 + g;
+  const int g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const int m = row0 + 8 * half;
+    const int m = m_block + warp_rows + g + 8 * half;
     if (m >= p.positions) continue;
     const PlaneIndex o = p.out_positions(m);
     float* const out = p.output + o.n * p.out_n + o.y * p.out_h + o.x * p.out_w;
@@ -248,7 +226,7 @@ int64_t weight_elems(const Conv2dParams& p) {
   return int64_t(p.out_channels) * p.in_channels * p.kernel_h * p.kernel_w;
 }
 bool input_needs_copy(const Conv2dParams& p) { return !nhwc_chunked<float>(p.input, p.in_stride); }
-bool weight_needs_copy(const Conv2dParams& p) { return !nhwc_chunked<float>(p.weight, p.w_stride); }
+int weight_parts(const Conv2dParams& p) { return p.fp32_math == Fp32Math::kExact ? 2 : 1; }
 
 NCHWStrides channels_last_strides(int C, int H, int W) {
   return {int64_t(H) * W * C, 1, int64_t(W) * C, C};
@@ -261,31 +239,37 @@ bool conv2d_fwd_nhwc_fp32_supported(const Conv2dParams& p) {
          p.in_channels % NhwcChunk<float>::kElems == 0 && wgmma_compiled_in();
 }
 
+// The weight's parts always (big, and small for exact fp32), the input's copy if NCHW.
 size_t conv2d_fwd_nhwc_fp32_workspace_bytes(const Conv2dParams& p) {
   return (input_needs_copy(p) ? aligned_bytes(input_elems(p)) : 0) +
-         (weight_needs_copy(p) ? aligned_bytes(weight_elems(p)) : 0);
+         weight_parts(p) * aligned_bytes(weight_elems(p));
 }
 
 cudaError_t conv2d_fwd_nhwc_fp32(const Conv2dParams& p, void* workspace, cudaStream_t stream) {
-  const void* input = p.input;
-  const void* weight = p.weight;
-  NCHWStrides in_stride = p.in_stride, w_stride = p.w_stride;
   unsigned char* free_space = static_cast<unsigned char*>(workspace);
-  cudaError_t err = cudaSuccess;
-  if (input_needs_copy(p)) {
+  auto take = [&](int64_t elems) {
+    float* const part = reinterpret_cast<float*>(free_space);
+    free_space += aligned_bytes(elems);
+    return part;
+  };
+  const bool exact = p.fp32_math == Fp32Math::kExact;
+  float* const w_big = take(weight_elems(p));
+  float* const w_small = exact ? take(weight_elems(p)) : nullptr;
+  cudaError_t err = split_to_channels_last_tf32(static_cast<const float*>(p.weight), p.w_stride,
+                                                p.out_channels, p.in_channels, p.kernel_h,
+                                                p.kernel_w, w_big, w_small, stream);
+  const void* input = p.input;
+  NCHWStrides in_stride = p.in_stride;
+  if (err == cudaSuccess && input_needs_copy(p)) {
+    float* const copy = take(input_elems(p));
     err = copy_to_channels_last(p.dtype, p.input, p.in_stride, p.batch, p.in_channels, p.in_h,
-                                p.in_w, free_space, stream);
-    input = free_space, in_stride = channels_last_strides(p.in_channels, p.in_h, p.in_w);
-    free_space += aligned_bytes(input_elems(p));
-  }
-  if (err == cudaSuccess && weight_needs_copy(p)) {
-    err = copy_to_channels_last(p.dtype, p.weight, p.w_stride, p.out_channels, p.in_channels,
-                                p.kernel_h, p.kernel_w, free_space, stream);
-    weight = free_space, w_stride = channels_last_strides(p.in_channels, p.kernel_h, p.kernel_w);
+                                p.in_w, copy, stream);
+    input = copy, in_stride = channels_last_strides(p.in_channels, p.in_h, p.in_w);
   }
   if (err != cudaSuccess) return err;
-  const NhwcConv<float> conv = make_nhwc_conv<float>(p, input, in_stride, weight, w_stride);
-  const bool exact = p.fp32_math == Fp32Math::kExact;
+  const NhwcConv<float> conv =
+      make_nhwc_conv<float>(p, input, in_stride, w_big,
+                            channels_last_strides(p.in_channels, p.kernel_h, p.kernel_w), w_small);
   // 64 output channels or fewer: a 64-wide tile wastes none of its columns on them.
   if (p.out_channels <= 64) return exact ? launch_fp32<64, true>(conv, stream) : launch_fp32<64, false>(conv, stream);
   return exact ? launch_fp32<128, true>(conv, stream) : launch_fp32<128, false>(conv, stream);

@@ -28,6 +28,10 @@ cudaError_t conv2d_fwd_nhwc_fp32(const Conv2dParams& p, void* workspace, cudaStr
 // channels_last_copy.cu: dst (N, H, W, C), contiguous = src (N, C, H, W) through strides s.
 cudaError_t copy_to_channels_last(DType dtype, const void* src, const NCHWStrides& s, int N, int C,
                                   int H, int W, void* dst, cudaStream_t stream);
+// The same for fp32 into big = src rounded to TF32 and, unless small is nullptr, the exact
+// remainder small = src - big (3xTF32 operands).
+cudaError_t split_to_channels_last_tf32(const float* src, const NCHWStrides& s, int N, int C, int H,
+                                        int W, float* big, float* small, cudaStream_t stream);
 
 // conv2d_bwd_data.cu: grad_input = the transposed convolution of grad_output, as a gather.
 cudaError_t conv2d_bwd_data_gemm(const Conv2dBwdParams& p, cudaStream_t stream);

@@ -33,6 +33,7 @@ template <class T>
 struct NhwcConv {
   const T* input;   // (N, H, W, C)
   const T* weight;  // (K, FH, FW, C)
+  const T* weight_small;  // like weight: the TF32 remainders of a split weight (3xTF32), or nullptr
   const T* bias;    // (K,) or nullptr
   T* output;        // (N, K, Ho, Wo) through the out_* strides
   int positions;    // N * Ho * Wo: the GEMM's rows
@@ -88,9 +89,12 @@ struct NhwcCopier {
     }
   }
 
-  // Issues the copies of slice s into one stage; padding, channel tails and rows past the
-  // tile's end are zero-filled without a read.
-  __device__ void copy(const NhwcConv<T>& p, const SliceCursor& s, int n_block, T* sA, T* sB) const {
+  // Issues the copies of slice s into one stage (kSmallB: also weight_small's rows into
+  // sB_small); padding, channel tails and rows past the tile's end are zero-filled without a
+  // read.
+  template <bool kSmallB = false>
+  __device__ void copy(const NhwcConv<T>& p, const SliceCursor& s, int n_block, T* sA, T* sB,
+                       T* sB_small = nullptr) const {
     const int c = s.c0 + chunk * Chunk::kElems;
     const bool channel_ok = c < p.C;
     const int dy = s.fh * p.dilation_h, dx = s.fw * p.dilation_w;
@@ -107,20 +111,24 @@ struct NhwcCopier {
     for (int j = 0; j < kBRows; ++j) {
       const int k = n_block + row0 + j * Chunk::kRowStep;
       const bool ok = channel_ok && k < p.K;
-      const T* src = ok ? p.weight + k * p.w_k + tap_offset : p.weight;
-      tile::cp_async_16(sB + Layout::offset(row0 + j * Chunk::kRowStep, chunk * Chunk::kElems), src, ok);
+      const int offset = ok ? k * p.w_k + tap_offset : 0;
+      const int to = Layout::offset(row0 + j * Chunk::kRowStep, chunk * Chunk::kElems);
+      tile::cp_async_16(sB + to, p.weight + offset, ok);
+      if constexpr (kSmallB) tile::cp_async_16(sB_small + to, p.weight_small + offset, ok);
     }
   }
 };
 
-// The problem of p with the input and weight read from `input` / `weight` through the given
-// strides (p's own tensors, or channels-last copies of them).
+// The problem of p with the input and weight read from `input` / `weight` (and
+// `weight_small`) through the given strides (p's own tensors, or channels-last copies).
 template <class T>
 NhwcConv<T> make_nhwc_conv(const Conv2dParams& p, const void* input, const NCHWStrides& in_stride,
-                           const void* weight, const NCHWStrides& w_stride) {
+                           const void* weight, const NCHWStrides& w_stride,
+                           const void* weight_small = nullptr) {
   NhwcConv<T> c;
   c.input = static_cast<const T*>(input);
   c.weight = static_cast<const T*>(weight);
+  c.weight_small = static_cast<const T*>(weight_small);
   c.bias = static_cast<const T*>(p.bias);
   c.output = static_cast<T*>(p.output);
   c.positions = p.batch * p.out_h * p.out_w;
