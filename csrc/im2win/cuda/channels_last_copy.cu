@@ -1,4 +1,5 @@
-// A strided (N, C, H, W) tensor copied into a contiguous channels-last (N, H, W, C) one, for
+// A strided (N, C, H, W) tensor copied into a contiguous channels-last (N, H, W, C_out) one
+// (C_out >= C channels, zero past C), for
 // the kernels that read windows in 16-byte runs of channels (conv2d_nhwc.cuh) when the
 // caller's tensors are NCHW; for fp32 weights optionally split on the way into TF32 big
 // and small parts (3xTF32), once per call instead of once per block that reads them. One
@@ -37,7 +38,7 @@ struct ChannelsLastOut {
 template <class T, class Out>
 __global__ void __launch_bounds__(kTile * kRowsPerPass)
     copy_to_channels_last_kernel(const T* __restrict__ src, NCHWStrides s, int N, int C, int H,
-                                 FastDivmod width, Out dst) {
+                                 FastDivmod width, int C_out, Out dst) {
   __shared__ T tile[kTile][kTile + 1];  // (channel, pixel); the pad spreads a column's banks
   const int pixels = H * width.divisor;
   const int p0 = blockIdx.x * kTile, c0 = blockIdx.y * kTile;
@@ -46,47 +47,50 @@ __global__ void __launch_bounds__(kTile * kRowsPerPass)
 #pragma unroll
     for (int i = 0; i < kTile; i += kRowsPerPass) {
       const int c = c0 + threadIdx.y + i, pixel = p0 + threadIdx.x;
-      if (c < C && pixel < pixels) {
+      if (c < C_out && pixel < pixels) {
         int x;
         const int y = width.divmod(pixel, x);
-        tile[threadIdx.y + i][threadIdx.x] = sample[c * s.c + y * s.h + x * s.w];
+        tile[threadIdx.y + i][threadIdx.x] = c < C ? sample[c * s.c + y * s.h + x * s.w] : from_float<T>(0.f);
       }
     }
     __syncthreads();
-    const int64_t out = int64_t(n) * pixels * C;
+    const int64_t out = int64_t(n) * pixels * C_out;
 #pragma unroll
     for (int i = 0; i < kTile; i += kRowsPerPass) {
       const int pixel = p0 + threadIdx.y + i, c = c0 + threadIdx.x;
-      if (c < C && pixel < pixels) dst.store(out + int64_t(pixel) * C + c, tile[threadIdx.x][threadIdx.y + i]);
+      if (c < C_out && pixel < pixels)
+        dst.store(out + int64_t(pixel) * C_out + c, tile[threadIdx.x][threadIdx.y + i]);
     }
     __syncthreads();  // the tile is refilled for the next sample
   }
 }
 
 template <class T, class Out>
-cudaError_t launch_copy(const T* src, const NCHWStrides& s, int N, int C, int H, int W, Out dst,
-                        cudaStream_t stream) {
-  if (int64_t(N) * C * H * W == 0) return cudaSuccess;
-  const dim3 grid(ceil_div(H * W, kTile), ceil_div(C, kTile), std::min(N, kMaxGridZ));
+cudaError_t launch_copy(const T* src, const NCHWStrides& s, int N, int C, int H, int W, int C_out,
+                        Out dst, cudaStream_t stream) {
+  if (int64_t(N) * C_out * H * W == 0) return cudaSuccess;
+  const dim3 grid(ceil_div(H * W, kTile), ceil_div(C_out, kTile), std::min(N, kMaxGridZ));
   const dim3 block(kTile, kRowsPerPass);
-  copy_to_channels_last_kernel<T, Out><<<grid, block, 0, stream>>>(src, s, N, C, H, FastDivmod(W), dst);
+  copy_to_channels_last_kernel<T, Out>
+      <<<grid, block, 0, stream>>>(src, s, N, C, H, FastDivmod(W), C_out, dst);
   return cudaGetLastError();
 }
 
 }  // namespace
 
 cudaError_t copy_to_channels_last(DType dtype, const void* src, const NCHWStrides& s, int N, int C,
-                                  int H, int W, void* dst, cudaStream_t stream) {
+                                  int H, int W, int C_out, void* dst, cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
-    return launch_copy(static_cast<const T*>(src), s, N, C, H, W,
+    return launch_copy(static_cast<const T*>(src), s, N, C, H, W, C_out,
                        ChannelsLastOut<T, false>{static_cast<T*>(dst), nullptr}, stream);
   });
 }
 
 cudaError_t split_to_channels_last_tf32(const float* src, const NCHWStrides& s, int N, int C, int H,
-                                        int W, float* big, float* small, cudaStream_t stream) {
-  return launch_copy(src, s, N, C, H, W, ChannelsLastOut<float, true>{big, small}, stream);
+                                        int W, int C_out, float* big, float* small,
+                                        cudaStream_t stream) {
+  return launch_copy(src, s, N, C, H, W, C_out, ChannelsLastOut<float, true>{big, small}, stream);
 }
 
 }  // namespace im2win

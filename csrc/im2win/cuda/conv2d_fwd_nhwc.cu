@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kThreads) conv2d_fwd_nhwc_kernel(const NhwcCon
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < p.slices) {
       copier.copy(p, next, n_block, sA + s * Tile::kAStage, sB + s * Tile::kBStage);
-      next.advance(p.C, p.kernel_w);
+      next.advance(p);
     }
     tile::cp_async_commit();
   }
@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(kThreads) conv2d_fwd_nhwc_kernel(const NhwcCon
     if (ahead < p.slices) {
       const int stage = ahead % kStages;
       copier.copy(p, next, n_block, sA + stage * Tile::kAStage, sB + stage * Tile::kBStage);
-      next.advance(p.C, p.kernel_w);
+      next.advance(p);
     }
     tile::cp_async_commit();
     const int stage = s % kStages;

@@ -4,7 +4,8 @@
 // Before the GEMM, the weight is copied channels-last and split into TF32 big and small
 // parts once per call (channels_last_copy.cu), and an NCHW input is copied channels-last:
 // two passes over the input buy 16-byte window copies with one address per tap instead of
-// one per element. A block of 256 threads owns 128 output positions x BN output channels;
+// one per element. Both copies pad C to a multiple of 4 (up to 16: to 4, 8 or 16, whose
+// slices hold several taps), so any C takes this path. A block of 256 threads owns 128 output positions x BN output channels;
 // each of its two warpgroups multiplies 64 of the positions. Per slice (32 channels of one
 // tap) cp.async lands the raw windows and both weight parts in a kStages ring; each warp
 // reads its window rows into registers (ldmatrix), splits them there, and its warpgroup
@@ -67,7 +68,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto copy_next = [&](float* stage) {
     copier.template copy<kExact>(p, next, n_block, stage, stage + Tile::kAElems,
                                  stage + Tile::kAElems + Tile::kBElems);
-    next.advance(p.C, p.kernel_w);
+    next.advance(p);
   };
 
   float acc[Mma::kRegs];
@@ -221,11 +222,23 @@ size_t aligned_bytes(int64_t elems) {
   const size_t bytes = size_t(elems) * sizeof(float);
   return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
 }
-int64_t input_elems(const Conv2dParams& p) { return int64_t(p.batch) * p.in_channels * p.in_h * p.in_w; }
-int64_t weight_elems(const Conv2dParams& p) {
-  return int64_t(p.out_channels) * p.in_channels * p.kernel_h * p.kernel_w;
+
+// Channels of the channels-last copies: C up to 16 padded to 4, 8 or 16, which divide a
+// slice (conv2d_nhwc.cuh packs taps then), else to a whole 16-byte chunk.
+int padded_channels(int C) {
+  if (C <= 16) return C <= 4 ? 4 : C <= 8 ? 8 : 16;
+  constexpr int kElems = NhwcChunk<float>::kElems;
+  return (C + kElems - 1) / kElems * kElems;
 }
-bool input_needs_copy(const Conv2dParams& p) { return !nhwc_chunked<float>(p.input, p.in_stride); }
+int64_t input_elems(const Conv2dParams& p) {
+  return int64_t(p.batch) * padded_channels(p.in_channels) * p.in_h * p.in_w;
+}
+int64_t weight_elems(const Conv2dParams& p) {
+  return int64_t(p.out_channels) * padded_channels(p.in_channels) * p.kernel_h * p.kernel_w;
+}
+bool input_needs_copy(const Conv2dParams& p) {
+  return padded_channels(p.in_channels) != p.in_channels || !nhwc_chunked<float>(p.input, p.in_stride);
+}
 int weight_parts(const Conv2dParams& p) { return p.fp32_math == Fp32Math::kExact ? 2 : 1; }
 
 NCHWStrides channels_last_strides(int C, int H, int W) {
@@ -235,8 +248,10 @@ NCHWStrides channels_last_strides(int C, int H, int W) {
 }  // namespace
 
 bool conv2d_fwd_nhwc_fp32_supported(const Conv2dParams& p) {
-  return p.dtype == DType::kFloat32 && p.groups == 1 &&
-         p.in_channels % NhwcChunk<float>::kElems == 0 && wgmma_compiled_in();
+  // In-sample offsets of the padded copies are ints, as everywhere (conv2d_launch.cu).
+  const int64_t padded_sample = int64_t(padded_channels(p.in_channels)) * p.in_h * p.in_w;
+  return p.dtype == DType::kFloat32 && p.groups == 1 && padded_sample < INT32_MAX - 1024 &&
+         wgmma_compiled_in();
 }
 
 // The weight's parts always (big, and small for exact fp32), the input's copy if NCHW.
@@ -253,23 +268,23 @@ cudaError_t conv2d_fwd_nhwc_fp32(const Conv2dParams& p, void* workspace, cudaStr
     return part;
   };
   const bool exact = p.fp32_math == Fp32Math::kExact;
+  const int C = padded_channels(p.in_channels);
   float* const w_big = take(weight_elems(p));
   float* const w_small = exact ? take(weight_elems(p)) : nullptr;
   cudaError_t err = split_to_channels_last_tf32(static_cast<const float*>(p.weight), p.w_stride,
                                                 p.out_channels, p.in_channels, p.kernel_h,
-                                                p.kernel_w, w_big, w_small, stream);
+                                                p.kernel_w, C, w_big, w_small, stream);
   const void* input = p.input;
   NCHWStrides in_stride = p.in_stride;
   if (err == cudaSuccess && input_needs_copy(p)) {
     float* const copy = take(input_elems(p));
     err = copy_to_channels_last(p.dtype, p.input, p.in_stride, p.batch, p.in_channels, p.in_h,
-                                p.in_w, copy, stream);
-    input = copy, in_stride = channels_last_strides(p.in_channels, p.in_h, p.in_w);
+                                p.in_w, C, copy, stream);
+    input = copy, in_stride = channels_last_strides(C, p.in_h, p.in_w);
   }
   if (err != cudaSuccess) return err;
-  const NhwcConv<float> conv =
-      make_nhwc_conv<float>(p, input, in_stride, w_big,
-                            channels_last_strides(p.in_channels, p.kernel_h, p.kernel_w), w_small);
+  const NhwcConv<float> conv = make_nhwc_conv<float>(
+      p, input, in_stride, w_big, channels_last_strides(C, p.kernel_h, p.kernel_w), w_small, C);
   // 64 output channels or fewer: a 64-wide tile wastes none of its columns on them.
   if (p.out_channels <= 64) return exact ? launch_fp32<64, true>(conv, stream) : launch_fp32<64, false>(conv, stream);
   return exact ? launch_fp32<128, true>(conv, stream) : launch_fp32<128, false>(conv, stream);

@@ -18,20 +18,22 @@ cudaError_t conv2d_fwd_gemm(const Conv2dParams& p, cudaStream_t stream);
 bool conv2d_fwd_nhwc_supported(const Conv2dParams& p);
 cudaError_t conv2d_fwd_nhwc(const Conv2dParams& p, cudaStream_t stream);
 
-// conv2d_fwd_nhwc_fp32.cu: the same for fp32 with C a multiple of 4 and one group on Hopper
-// tensor cores (wgmma, when the binary has sm_90a code), NCHW tensors through channels-last
-// copies in `workspace`.
+// conv2d_fwd_nhwc_fp32.cu: the same for fp32 with one group on Hopper tensor cores (wgmma,
+// when the binary has sm_90a code), through channels-last copies in `workspace` of the
+// weight (split for 3xTF32) and of an input that is NCHW or whose C is not a multiple of 4.
 bool conv2d_fwd_nhwc_fp32_supported(const Conv2dParams& p);
 size_t conv2d_fwd_nhwc_fp32_workspace_bytes(const Conv2dParams& p);
 cudaError_t conv2d_fwd_nhwc_fp32(const Conv2dParams& p, void* workspace, cudaStream_t stream);
 
-// channels_last_copy.cu: dst (N, H, W, C), contiguous = src (N, C, H, W) through strides s.
+// channels_last_copy.cu: dst (N, H, W, C_out), contiguous = src (N, C, H, W) through strides
+// s, zero in channels C .. C_out - 1.
 cudaError_t copy_to_channels_last(DType dtype, const void* src, const NCHWStrides& s, int N, int C,
-                                  int H, int W, void* dst, cudaStream_t stream);
+                                  int H, int W, int C_out, void* dst, cudaStream_t stream);
 // The same for fp32 into big = src rounded to TF32 and, unless small is nullptr, the exact
 // remainder small = src - big (3xTF32 operands).
 cudaError_t split_to_channels_last_tf32(const float* src, const NCHWStrides& s, int N, int C, int H,
-                                        int W, float* big, float* small, cudaStream_t stream);
+                                        int W, int C_out, float* big, float* small,
+                                        cudaStream_t stream);
 
 // conv2d_bwd_data.cu: grad_input = the transposed convolution of grad_output, as a gather.
 cudaError_t conv2d_bwd_data_gemm(const Conv2dBwdParams& p, cudaStream_t stream);

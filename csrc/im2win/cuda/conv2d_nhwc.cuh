@@ -5,8 +5,10 @@
 // weight): windows go straight from the input into shared memory by 16-byte cp.async,
 // never through a window tensor. The GEMM is
 //   out[pos][k] = sum over r = (fh, fw, c) of window[pos][r] * weight[k][r],
-// both operands K-major in shared memory, one slice of kSliceChannels channels of one tap at
-// a time.
+// both operands K-major in shared memory, one slice of kSliceChannels values at a time: the
+// channels of one tap, or, when C divides kSliceChannels (C = 4, 8, 16: a first layer's RGB
+// padded to 4), kSliceChannels / C neighbouring taps of one filter row, so that a small C
+// does not leave most of each slice zero.
 #pragma once
 
 #include <cstdint>
@@ -41,20 +43,26 @@ struct NhwcConv {
   int stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
   int64_t in_n, out_n;  // sample strides
   int in_h, in_w, out_c, out_h, out_w, w_k, w_h, w_w;
-  int slices;       // FH * FW * ceil(C / kSliceChannels)
+  int slice_taps;   // taps of one filter row per slice: 1, or kSliceChannels / C
+  int slices;
   bool pair_store;  // channel stride 1 and K even: channels (k, k + 1) are one aligned word
   PlaneDecoder out_positions;
 };
 
-// The reduction one slice at a time: tap (fh, fw), and the first channel c0 within it.
+// The reduction one slice at a time: the first tap (fh, fw), and the first channel c0 within
+// it.
 struct SliceCursor {
   int fh = 0, fw = 0, c0 = 0;
 
-  __device__ void advance(int channels, int kernel_w) {
-    c0 += kSliceChannels;
-    if (c0 < channels) return;
-    c0 = 0;
-    if (++fw == kernel_w) {
+  template <class T>
+  __device__ void advance(const NhwcConv<T>& p) {
+    if (p.slice_taps == 1) {
+      c0 += kSliceChannels;
+      if (c0 < p.C) return;
+      c0 = 0;
+    }
+    fw += p.slice_taps;
+    if (fw >= p.kernel_w) {
       fw = 0;
       ++fh;
     }
@@ -72,12 +80,16 @@ struct NhwcCopier {
                 "tile rows must split evenly over the copying threads");
 
   int chunk, row0;
+  int chunk_tap, chunk_c;   // the chunk's tap and channel relative to the slice's first ones
   const T* sample[kARows];  // the input sample of each window row
   int ih0[kARows], iw0[kARows];
   bool position_ok[kARows];
 
   __device__ NhwcCopier(const NhwcConv<T>& p, int m_block, int tid)
       : chunk(tid % Chunk::kPerRow), row0(tid / Chunk::kPerRow) {
+    const int e = chunk * Chunk::kElems;  // the chunk's first value within a slice row
+    chunk_tap = p.slice_taps == 1 ? 0 : e / p.C;
+    chunk_c = p.slice_taps == 1 ? e : e % p.C;
 #pragma unroll
     for (int i = 0; i < kARows; ++i) {
       const int m = m_block + row0 + i * Chunk::kRowStep;
@@ -95,9 +107,9 @@ struct NhwcCopier {
   template <bool kSmallB = false>
   __device__ void copy(const NhwcConv<T>& p, const SliceCursor& s, int n_block, T* sA, T* sB,
                        T* sB_small = nullptr) const {
-    const int c = s.c0 + chunk * Chunk::kElems;
-    const bool channel_ok = c < p.C;
-    const int dy = s.fh * p.dilation_h, dx = s.fw * p.dilation_w;
+    const int c = s.c0 + chunk_c, fw = s.fw + chunk_tap;
+    const bool channel_ok = c < p.C && fw < p.kernel_w;
+    const int dy = s.fh * p.dilation_h, dx = fw * p.dilation_w;
 #pragma unroll
     for (int i = 0; i < kARows; ++i) {
       const int ih = ih0[i] + dy, iw = iw0[i] + dx;
@@ -106,7 +118,7 @@ struct NhwcCopier {
       const T* src = ok ? sample[i] + ih * p.in_h + iw * p.in_w + c : p.input;
       tile::cp_async_16(sA + Layout::offset(row0 + i * Chunk::kRowStep, chunk * Chunk::kElems), src, ok);
     }
-    const int tap_offset = s.fh * p.w_h + s.fw * p.w_w + c;
+    const int tap_offset = s.fh * p.w_h + fw * p.w_w + c;
 #pragma unroll
     for (int j = 0; j < kBRows; ++j) {
       const int k = n_block + row0 + j * Chunk::kRowStep;
@@ -120,11 +132,12 @@ struct NhwcCopier {
 };
 
 // The problem of p with the input and weight read from `input` / `weight` (and
-// `weight_small`) through the given strides (p's own tensors, or channels-last copies).
+// `weight_small`) through the given strides (p's own tensors, or channels-last copies with
+// `channels` >= C, zero past C).
 template <class T>
 NhwcConv<T> make_nhwc_conv(const Conv2dParams& p, const void* input, const NCHWStrides& in_stride,
                            const void* weight, const NCHWStrides& w_stride,
-                           const void* weight_small = nullptr) {
+                           const void* weight_small = nullptr, int channels = 0) {
   NhwcConv<T> c;
   c.input = static_cast<const T*>(input);
   c.weight = static_cast<const T*>(weight);
@@ -132,14 +145,18 @@ NhwcConv<T> make_nhwc_conv(const Conv2dParams& p, const void* input, const NCHWS
   c.bias = static_cast<const T*>(p.bias);
   c.output = static_cast<T*>(p.output);
   c.positions = p.batch * p.out_h * p.out_w;
-  c.K = p.out_channels, c.C = p.in_channels, c.H = p.in_h, c.W = p.in_w, c.kernel_w = p.kernel_w;
+  c.K = p.out_channels, c.C = channels > 0 ? channels : p.in_channels;
+  c.H = p.in_h, c.W = p.in_w, c.kernel_w = p.kernel_w;
   c.stride_h = p.stride_h, c.stride_w = p.stride_w, c.pad_h = p.pad_h, c.pad_w = p.pad_w;
   c.dilation_h = p.dilation_h, c.dilation_w = p.dilation_w;
   c.in_n = in_stride.n, c.out_n = p.out_stride.n;
   c.in_h = int(in_stride.h), c.in_w = int(in_stride.w);
   c.out_c = int(p.out_stride.c), c.out_h = int(p.out_stride.h), c.out_w = int(p.out_stride.w);
   c.w_k = int(w_stride.n), c.w_h = int(w_stride.h), c.w_w = int(w_stride.w);
-  c.slices = p.kernel_h * p.kernel_w * ceil_div(p.in_channels, kSliceChannels);
+  const bool pack_taps = c.C < kSliceChannels && kSliceChannels % c.C == 0;
+  c.slice_taps = pack_taps ? kSliceChannels / c.C : 1;
+  c.slices = p.kernel_h * (pack_taps ? ceil_div(p.kernel_w, c.slice_taps)
+                                     : p.kernel_w * ceil_div(c.C, kSliceChannels));
   c.pair_store = p.out_stride.c == 1 && p.out_channels % 2 == 0 &&
                  reinterpret_cast<uintptr_t>(p.output) % (2 * sizeof(T)) == 0 &&
                  p.out_stride.n % 2 == 0 && p.out_stride.h % 2 == 0 && p.out_stride.w % 2 == 0;
