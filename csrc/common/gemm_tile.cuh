@@ -36,19 +36,19 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float (&c)[4], const FragA& a, 
       : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(b0), "r"(b1));
 }
 
-// fp32 -> tf32 bits, rounded to nearest (ties away from zero); rounding beats the truncation
-// the mma applies to the low 13 bits. cvt.rna keeps every NaN a NaN (its infinity test).
-__device__ __forceinline__ uint32_t tf32_bits(float x) {
+// fp32 -> tf32, rounded to nearest (ties away), as a float whose low 13 mantissa bits are
+// zero. Rounding once here beats the truncation mma would otherwise apply.
+__device__ __forceinline__ float round_to_tf32(float x) {
   uint32_t bits;
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(x));
-  return bits;
+  return __uint_as_float(bits);
 }
 
-// x = big + small for 3xTF32: big is x rounded to tf32 on its bits (2 integer ops; cvt.rna's
-// infinity test was ~10% of the 3xTF32 kernel's instructions), small the exact fp32
-// remainder, passed whole: the mma reads its top 19 bits, a 2^-21 relative error, modelled as
-// no loss against rounding it. A NaN whose payload lies in the low bits rounds to inf in big,
-// but small is then NaN, so the products stay NaN; x = +-inf leaves small = NaN too.
+// x = big + small for 3xTF32: big is x rounded to tf32 on its bits (2 integer ops where
+// cvt.rna adds an infinity test: that test was ~10% of the 3xTF32 kernel's instructions),
+// small the exact fp32 remainder, passed whole: the mma reads its top 19 bits, a 2^-21
+// relative error, modelled as no loss against rounding it. x = +-inf leaves small = NaN,
+// as cvt.rna's split did.
 struct Tf32Pair {
   uint32_t big, small;
 };
@@ -124,8 +124,8 @@ TILE_UNROLL
 
 // One warp's WM x WN fp32 accumulator on tensor cores. T is the shared-memory operand type:
 // __half or __nv_bfloat16 (mma m16n8k16, fragments through ldmatrix) or float (mma m16n8k8,
-// fragments through 32-bit shared loads: ldmatrix moves 16-bit halves) holding fp32 values,
-// rounded to tf32 as fragments are read or, with kSplit3xTf32, split into three products.
+// fragments through 32-bit shared loads: ldmatrix moves 16-bit halves) holding either tf32
+// values or, with kSplit3xTf32, full fp32 values split into three tf32 products.
 template <class T, int WM, int WN, bool kSplit3xTf32 = false>
 struct WarpMmaTile {
   static constexpr bool kTf32 = std::is_same<T, float>::value;
@@ -209,11 +209,11 @@ struct WarpMmaTile {
   }
 
  private:
-  // A shared fp32 value as an mma operand: rounded to tf32, or split in two for 3xTF32.
-  // Shared memory keeps fp32 (cp.async copies elements as they are).
+  // A shared fp32 value as an mma operand: already tf32 (rounded on its way into shared
+  // memory), or split in two for 3xTF32.
   __device__ static Tf32Pair tf32_operand(float x) {
     if constexpr (kSplit3xTf32) return split_tf32(x);
-    return {tf32_bits(x), 0u};
+    return {__float_as_uint(x), 0u};
   }
 
   // The 16-bit product over BK: A's fragments by ldmatrix, B's two n8 tiles at warp column n

@@ -66,17 +66,6 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool val
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(src_bytes));
 }
-// A global address for zero-fill copies, which read nothing but must name a source.
-[[maybe_unused]] static __device__ const uint32_t kZeroFillSource = 0;
-
-// Copies one 4-byte element global->shared (fp32 gathers; .ca: .cg takes only 16 bytes), or
-// zero-fills it when src is nullptr: src-size 0 reads nothing (a predicated copy would
-// compile to a branch around it).
-__device__ __forceinline__ void cp_async_4_or_zero(void* dst, const void* src) {
-  const bool valid = src != nullptr;
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)),
-               "l"(valid ? src : &kZeroFillSource), "r"(valid ? 4 : 0));
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }

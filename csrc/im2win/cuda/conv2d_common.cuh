@@ -31,10 +31,6 @@ IM2WIN_HD __half from_float<__half>(float x) { return __float2half_rn(x); }
 template <>
 IM2WIN_HD __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// The element at src, or zero where a gather says nullptr (padding, tails).
-template <class T>
-IM2WIN_HD T load_or_zero(const T* src) { return src != nullptr ? *src : from_float<T>(0.f); }
-
 #undef IM2WIN_HD
 
 // ---- integer helpers ----------------------------------------------------------------

@@ -46,8 +46,8 @@ struct ForwardProblem : GemmShape {
     const TapIndex t = taps(r);
     return int(t.c * w_stride.c + t.fh * w_stride.h + t.fw * w_stride.w);
   }
-  __host__ __device__ const T* a_ptr(int m, int filter_offset) const {
-    return weight + m * int(w_stride.n) + filter_offset;
+  __host__ __device__ T a_load(int m, int filter_offset) const {
+    return weight[m * int(w_stride.n) + filter_offset];
   }
 
   // B = Ihat: column n is an output position, row r a tap of its window.
@@ -55,8 +55,8 @@ struct ForwardProblem : GemmShape {
     return windows.origin(input, out_positions(n));
   }
   __host__ __device__ WindowTap b_k(int r) const { return windows.tap(taps(r)); }
-  __host__ __device__ const T* b_ptr(const WindowTap& tap, const WindowOrigin<T>& origin) const {
-    return windows.address(origin, tap);
+  __host__ __device__ T b_load(const WindowTap& tap, const WindowOrigin<T>& origin) const {
+    return windows.load(origin, tap);
   }
 
   // C = output (+ bias), rounded to T once.
@@ -128,8 +128,8 @@ struct BwdDataProblem : GemmShape {
     const TapIndex t = taps(r);
     return int(t.c * w_stride.n + t.fh * w_stride.h + t.fw * w_stride.w);
   }
-  __host__ __device__ const T* a_ptr(int m, int filter_offset) const {
-    return weight + m * int(w_stride.c) + filter_offset;
+  __host__ __device__ T a_load(int m, int filter_offset) const {
+    return weight[m * int(w_stride.c) + filter_offset];
   }
 
   // B = G: a column holds its padded input coordinate (ih + p_h, iw + p_w), a reduction row
@@ -142,14 +142,14 @@ struct BwdDataProblem : GemmShape {
     const TapIndex t = taps(r);
     return {int(t.c * go_stride.c), t.fh * dilation_h, t.fw * dilation_w};
   }
-  __host__ __device__ const T* b_ptr(const WindowTap& tap, const WindowOrigin<T>& col) const {
+  __host__ __device__ T b_load(const WindowTap& tap, const WindowOrigin<T>& col) const {
     const int y = col.y0 - tap.dy, x = col.x0 - tap.dx;  // oh * s_h, ow * s_w if on the grid
-    if (y < 0 || x < 0) return nullptr;
+    if (y < 0 || x < 0) return from_float<T>(0.f);
     int y_rem, x_rem;
     const int oh = conv_stride_h.divmod(y, y_rem), ow = conv_stride_w.divmod(x, x_rem);
     const bool hit = (y_rem | x_rem) == 0 && oh < out_h && ow < out_w;
-    return hit ? col.sample + tap.channel_offset + oh * int(go_stride.h) + ow * int(go_stride.w)
-               : nullptr;
+    return hit ? col.sample[tap.channel_offset + oh * int(go_stride.h) + ow * int(go_stride.w)]
+               : from_float<T>(0.f);
   }
 
   // C = grad_input, rounded to T once.
@@ -226,8 +226,8 @@ struct BwdWeightProblem : GemmShape {
     const PlaneIndex o = out_positions(r);
     return o.n * go_stride.n + o.y * go_stride.h + o.x * go_stride.w;
   }
-  __host__ __device__ const T* a_ptr(int m, int64_t position_offset) const {
-    return grad_out + m * go_stride.c + position_offset;
+  __host__ __device__ T a_load(int m, int64_t position_offset) const {
+    return grad_out[m * go_stride.c + position_offset];
   }
 
   // B = Ihat^T: column n is a filter tap, reduction row r the window of an output position.
@@ -235,8 +235,8 @@ struct BwdWeightProblem : GemmShape {
   __host__ __device__ WindowOrigin<T> b_k(int r) const {
     return windows.origin(input, out_positions(r));
   }
-  __host__ __device__ const T* b_ptr(const WindowOrigin<T>& origin, const WindowTap& tap) const {
-    return windows.address(origin, tap);
+  __host__ __device__ T b_load(const WindowOrigin<T>& origin, const WindowTap& tap) const {
+    return windows.load(origin, tap);
   }
 
   // C = this split's fp32 partial sums.

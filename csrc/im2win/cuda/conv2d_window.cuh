@@ -87,12 +87,12 @@ struct InputWindows {
     return {t.c * stride_c, t.fh * dilation_h, t.fw * dilation_w};
   }
 
-  // Where Ihat at (origin, tap) is in the input, or nullptr in the padding (a zero).
+  // Ihat at (origin, tap): the input element, or zero in the padding.
   template <class T>
-  __host__ __device__ const T* address(const WindowOrigin<T>& o, const WindowTap& t) const {
+  __host__ __device__ T load(const WindowOrigin<T>& o, const WindowTap& t) const {
     const int y = o.y0 + t.dy, x = o.x0 + t.dx;
     const bool inside = unsigned(y) < unsigned(height) && unsigned(x) < unsigned(width);
-    return inside ? o.sample + t.channel_offset + y * stride_h + x * stride_w : nullptr;
+    return inside ? o.sample[t.channel_offset + y * stride_h + x * stride_w] : from_float<T>(0.f);
   }
 };
 

@@ -1,20 +1,17 @@
 // The implicit GEMM behind every im2win CUDA kernel (forward, input gradient, weight
 // gradient): C_g (M x N) = A_g (M x R) B_g (R x N) for each group g, with both operands
-// gathered from global memory on the fly by a Problem, staged through pipelined shared memory
-// (fp32: cp.async straight into shared memory, kAsyncStages slices; 16-bit: through
-// registers, double-buffered), and multiplied either with fp32 FMAs (the paper's
-// micro-kernel) or on tensor cores.
+// gathered from global memory on the fly by a Problem, staged through double-buffered shared
+// memory, and multiplied either with fp32 FMAs (the paper's micro-kernel) or on tensor cores.
 //
 // A Problem (conv2d_problems.cuh has the three of a convolution) derives from GemmShape and
 // provides
 //   using Element;                                  // T of the tensors: float, __half, bf16
 //   Problem at(int group, int split) const;         // the view of one block's group
-//   AK a_k(int r) const;  const T* a_ptr(int m, const AK&) const;      // &A[m][r], 0 <= m < M
+//   AK a_k(int r) const;  T a_load(int m, const AK&) const;      // A[m][r], 0 <= m < M
 //   BC b_col(int n) const;  BK b_k(int r) const;
-//   const T* b_ptr(const BK&, const BC&) const;   // &B[r][n], or nullptr where B is zero (padding)
+//   T b_load(const BK&, const BC&) const;                        // B[r][n], zero in padding
 //   CC c_col(int n) const;  void c_store(int m, const CC&, float) const;  // C[m][n]
-// a_ptr and b_ptr are only called for r < R and m < M, n < N; the kernel zero-fills the rest.
-// Addresses rather than values let the kernel copy an element without holding it.
+// a_load and b_load are only called for r < R and m < M, n < N; the kernel zero-fills the rest.
 #pragma once
 
 #include <type_traits>
@@ -79,7 +76,7 @@ TILE_UNROLL
 };
 
 // Tensor cores (mma.sync) with fp32 accumulators; T = float means TF32, or with kSplit
-// exact fp32 as 3xTF32 (shared memory keeps fp32 either way). A k-slice is one 64-byte
+// exact fp32 as 3xTF32 (shared memory then keeps the fp32 values). A k-slice is one 64-byte
 // row per operand row: BK = 16 (fp32) or 32 (fp16/bf16).
 template <class T, int BM_, int BN_, int WARPS_M, int WARPS_N, bool kSplit = false>
 struct MmaTraits {
@@ -101,8 +98,12 @@ struct MmaTraits {
 
   __device__ static int a_offset(int m, int k) { return LayoutA::offset(m, k); }
   __device__ static int b_offset(int k, int n) { return LayoutB::offset(k, n); }
-  // fp32 arrives by cp.async unrounded (WarpMmaTile rounds or splits it); 16-bit as is.
-  __device__ static T to_smem(T x) { return x; }
+  __device__ static T to_smem(T x) {
+    if constexpr (kTf32 && !kSplit)
+      return tile::round_to_tf32(x);
+    else
+      return x;
+  }
 
   struct Accumulator {
     Warp tile;
@@ -203,11 +204,9 @@ TILE_UNROLL
     }
   }
 
-  // This thread's elements of the slice at reduction index r0, zero from r_end on:
-  // a(i, src) for its A row i, b(i, j, src) for its B row i, column j, with src the
-  // element's address, or nullptr where the element is zero (past r_end, M or N, padding).
-  template <class FA, class FB>
-  __host__ __device__ void visit(const Problem& p, int r0, int r_end, FA&& a, FB&& b) const {
+  // Global -> registers: the slice starting at reduction index r0, zero from r_end on.
+  __host__ __device__ void load(const Problem& p, int r0, int r_end) {
+    const T zero = from_float<T>(0.f);
     {
       const int r = r0 + a_k;
       const bool r_valid = r < r_end;
@@ -215,7 +214,7 @@ TILE_UNROLL
 TILE_UNROLL
       for (int i = 0; i < A_ROWS; ++i) {
         const int m = m_block + a_m + i * A_ROW_STEP;
-        a(i, r_valid && m < p.M ? p.a_ptr(m, ak) : nullptr);
+        rA[i] = r_valid && m < p.M ? p.a_load(m, ak) : zero;
       }
     }
 TILE_UNROLL
@@ -225,26 +224,8 @@ TILE_UNROLL
       const auto bk = p.b_k(r_valid ? r : r0);
 TILE_UNROLL
       for (int j = 0; j < B_COLS; ++j)
-        b(i, j, r_valid && b_col_valid[j] ? p.b_ptr(bk, b_cols[j]) : nullptr);
+        rB[i][j] = r_valid && b_col_valid[j] ? p.b_load(bk, b_cols[j]) : zero;
     }
-  }
-
-  // Global -> registers (the double-buffered path, with store()).
-  __host__ __device__ void load(const Problem& p, int r0, int r_end) {
-    visit(p, r0, r_end, [&](int i, const T* src) { rA[i] = load_or_zero(src); },
-          [&](int i, int j, const T* src) { rB[i][j] = load_or_zero(src); });
-  }
-
-  // Global -> one shared-memory stage without registers (elements already of the shared
-  // type): copy(dst, src) for each, src nullptr for a zero. The kernel's copy is cp.async.
-  template <class Copy>
-  __host__ __device__ void copy(const Problem& p, int r0, int r_end, SmemT* sA, SmemT* sB,
-                                Copy&& copy) const {
-    visit(p, r0, r_end,
-          [&](int i, const T* src) { copy(sA + Traits::a_offset(a_m + i * A_ROW_STEP, a_k), src); },
-          [&](int i, int j, const T* src) {
-            copy(sB + Traits::b_offset(b_k + i * B_ROW_STEP, b_n + j * 32), src);
-          });
   }
 
   // Registers -> one shared-memory stage, in the configuration's layout and operand type.
@@ -262,33 +243,17 @@ TILE_UNROLL
 
 // ---- the kernel ----------------------------------------------------------------------
 
-// fp32 elements that shared memory keeps as they are go global -> shared by cp.async (4
-// bytes each), kAsyncStages slices in flight, no registers held across the products;
-// 16-bit ones (cp.async moves 4 bytes at least) and converted ones go through registers,
-// double-buffered, the next slice's loads in flight during the products.
-template <class Traits, class Problem>
-constexpr bool kCopiesAsync = std::is_same<typename Traits::SmemT, typename Problem::Element>::value &&
-                              sizeof(typename Traits::SmemT) == 4;
-constexpr int kAsyncStages = 4;
-
-template <class Traits, class Problem>
-constexpr int smem_bytes() {
-  constexpr int stages = kCopiesAsync<Traits, Problem> ? kAsyncStages : 2;
-  return stages * (Traits::A_STAGE + Traits::B_STAGE) * int(sizeof(typename Traits::SmemT));
-}
-
 template <class Traits, class Problem>
 __global__ void __launch_bounds__(Traits::THREADS, Traits::MIN_BLOCKS) implicit_gemm_kernel(const Problem problem) {
   using SmemT = typename Traits::SmemT;
-  using T = typename Problem::Element;
   constexpr int BK = Traits::BK;
-  constexpr bool kAsync = kCopiesAsync<Traits, Problem>;
-  constexpr int kStages = kAsync ? kAsyncStages : 2;
-  // smem_bytes() of it: 4 x 18,944 B (TF32 / 3xTF32, 128 rows), 4 x 13,824 B (64 rows),
-  // 4 x 3,200 B (FFMA 32 x 64), 2 x 18,432 / 13,312 B (fp16/bf16), 2 x 3,200 B (16-bit FFMA).
-  extern __shared__ __align__(16) unsigned char smem[];
-  SmemT* const sA = reinterpret_cast<SmemT*>(smem);  // (kStages, A_STAGE)
-  SmemT* const sB = sA + kStages * Traits::A_STAGE;   // (kStages, B_STAGE)
+  // Two stages of A (A_STAGE) and B (B_STAGE): 6,400 B (FFMA 32x64),
+  // 36,864 / 26,624 B (fp16/bf16 tensor cores, 128 / 64 rows), 37,888 / 27,648 B (TF32,
+  // 3xTF32).
+  constexpr int kSmemBytes = 2 * (Traits::A_STAGE + Traits::B_STAGE) * int(sizeof(SmemT));
+  __shared__ __align__(16) unsigned char smem[kSmemBytes];
+  SmemT* const sA = reinterpret_cast<SmemT*>(smem);  // (2, A_STAGE)
+  SmemT* const sB = sA + 2 * Traits::A_STAGE;         // (2, B_STAGE)
 
   // Which tile of which group, and which chunk of the reduction, this block owns.
   const int group = blockIdx.z / problem.splits, split = blockIdx.z % problem.splits;
@@ -301,49 +266,24 @@ __global__ void __launch_bounds__(Traits::THREADS, Traits::MIN_BLOCKS) implicit_
   typename Traits::Accumulator acc;
   acc.zero();
 
-  if constexpr (kAsync) {
-    const auto copy = [](SmemT* dst, const T* src) { tile::cp_async_4_or_zero(dst, src); };
-    const int slices = ceil_div(r_end - r_begin, BK);
-    // Slices 0 .. kStages - 2 in flight; a group is committed even when empty so that
-    // wait_group counts slices.
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
-      if (s < slices)
-        stage.copy(p, r_begin + s * BK, r_end, sA + s * Traits::A_STAGE, sB + s * Traits::B_STAGE, copy);
-      tile::cp_async_commit();
-    }
-    for (int s = 0; s < slices; ++s) {
-      tile::cp_async_wait<kStages - 2>();  // this thread's copies of slice s have landed
-      __syncthreads();                     // everyone's; and slice s - 1's stage is free
-      const int ahead = s + kStages - 1;
-      if (ahead < slices) {
-        const int w = ahead % kStages;
-        stage.copy(p, r_begin + ahead * BK, r_end, sA + w * Traits::A_STAGE, sB + w * Traits::B_STAGE, copy);
-      }
-      tile::cp_async_commit();
-      const int rd = s % kStages;
-      acc.multiply(sA + rd * Traits::A_STAGE, sB + rd * Traits::B_STAGE, threadIdx.x);
-    }
-  } else {
-    stage.load(p, r_begin, r_end);
-    stage.store(sA, sB);
-    __syncthreads();
+  stage.load(p, r_begin, r_end);
+  stage.store(sA, sB);
+  __syncthreads();
 
-    int smem_pipe_read = 0;
-    for (int r0 = r_begin; r0 < r_end; r0 += BK) {
-      const int smem_pipe_write = smem_pipe_read ^ 1;
-      const bool has_next = r0 + BK < r_end;
-      // Prefetch: the next slice's global reads are in flight during this slice's products.
-      if (has_next) stage.load(p, r0 + BK, r_end);
-      // C += A B on this slice.
-      acc.multiply(sA + smem_pipe_read * Traits::A_STAGE, sB + smem_pipe_read * Traits::B_STAGE,
-                   threadIdx.x);
-      // The other stage was last read before the previous barrier, so it is free.
-      if (has_next) stage.store(sA + smem_pipe_write * Traits::A_STAGE,
-                                sB + smem_pipe_write * Traits::B_STAGE);
-      __syncthreads();
-      smem_pipe_read = smem_pipe_write;
-    }
+  int smem_pipe_read = 0;
+  for (int r0 = r_begin; r0 < r_end; r0 += BK) {
+    const int smem_pipe_write = smem_pipe_read ^ 1;
+    const bool has_next = r0 + BK < r_end;
+    // Prefetch: the next slice's global reads are in flight during this slice's products.
+    if (has_next) stage.load(p, r0 + BK, r_end);
+    // C += A B on this slice.
+    acc.multiply(sA + smem_pipe_read * Traits::A_STAGE, sB + smem_pipe_read * Traits::B_STAGE,
+                 threadIdx.x);
+    // The other stage was last read before the previous barrier, so it is free.
+    if (has_next) stage.store(sA + smem_pipe_write * Traits::A_STAGE,
+                              sB + smem_pipe_write * Traits::B_STAGE);
+    __syncthreads();
+    smem_pipe_read = smem_pipe_write;
   }
 
   acc.for_each(threadIdx.x, [&](int row, int col, float value) {
@@ -356,12 +296,8 @@ __global__ void __launch_bounds__(Traits::THREADS, Traits::MIN_BLOCKS) implicit_
 
 template <class Traits, class Problem>
 cudaError_t launch_gemm_with(const Problem& p, cudaStream_t stream) {
-  const auto kernel = implicit_gemm_kernel<Traits, Problem>;
-  constexpr int kSmem = smem_bytes<Traits, Problem>();
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (err != cudaSuccess) return err;
   const dim3 grid(ceil_div(p.N, Traits::BN), ceil_div(p.M, Traits::BM), p.groups * p.splits);
-  kernel<<<grid, Traits::THREADS, kSmem, stream>>>(p);
+  implicit_gemm_kernel<Traits, Problem><<<grid, Traits::THREADS, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -1,12 +1,10 @@
 // Host-only test (needs no GPU), two levels:
 //  1. "definition": the three GEMM Problems of conv2d_problems.cuh evaluated element by element
-//     through their own a_k / a_ptr / b_col / b_k / b_ptr / c_col / c_store: every index
+//     through their own a_k / a_load / b_col / b_k / b_load / c_col / c_store: every index
 //     formula (groups, strides, padding, dilation, NCHW / NHWC, split reductions);
 //  2. "ffma tiles": implicit_gemm_kernel's FFMA configuration (M <= 32) emulated on the CPU
 //     with the real OperandStage, shared-memory layouts, ThreadFfmaTile and epilogue mapping,
 //     thread by thread in the kernel's barrier-separated phases, shared memory poisoned with NaN;
-//     fp32 through the kernel's multi-stage direct copies (cp.async there), 16-bit through its
-//     double-buffered registers;
 // each compared with the fp64 reference convolution; plus FastDivmod. The tensor-core
 // fragments (ldmatrix / mma) need a GPU: conv2d_cuda_test. Run: make -C csrc/im2win/cuda/tests host
 #include <cstdio>
@@ -47,8 +45,7 @@ struct RunByDefinition {
           for (int m = 0; m < p.M; ++m) {
             double acc = 0;
             for (size_t i = 0; i < ak.size(); ++i)
-              acc += double(to_float(im2win::load_or_zero(p.a_ptr(m, ak[i])))) *
-                     to_float(im2win::load_or_zero(p.b_ptr(bk[i], column)));
+              acc += double(to_float(p.a_load(m, ak[i]))) * to_float(p.b_load(bk[i], column));
             p.c_store(m, c_column, float(acc));
           }
         }
@@ -67,13 +64,8 @@ struct RunFfmaTiles {
   void operator()(const Problem& problem) const {
     using Stage = im2win::OperandStage<Traits, Problem>;
     using Accumulator = typename Traits::Accumulator;
-    using T = typename Problem::Element;
-    constexpr bool kAsync = im2win::kCopiesAsync<Traits, Problem>;
     constexpr int BK = Traits::BK, THREADS = Traits::THREADS;
-    constexpr int kStages = kAsync ? im2win::kAsyncStages : 2;
-    std::vector<float> sA(kStages * Traits::A_STAGE), sB(kStages * Traits::B_STAGE);
-    const auto a_stage = [&](int s) { return &sA[s * Traits::A_STAGE]; };
-    const auto b_stage = [&](int s) { return &sB[s * Traits::B_STAGE]; };
+    std::vector<float> sA(2 * Traits::A_STAGE), sB(2 * Traits::B_STAGE);
     for (int z = 0; z < problem.groups * problem.splits; ++z)
       for (int by = 0; by < im2win::ceil_div(problem.M, Traits::BM); ++by)
         for (int bx = 0; bx < im2win::ceil_div(problem.N, Traits::BN); ++bx) {
@@ -89,38 +81,20 @@ struct RunFfmaTiles {
           for (int tid = 0; tid < THREADS; ++tid) {
             stages.emplace_back(p, m_block, n_block, tid);
             acc[tid].zero();
+            stages[tid].load(p, r_begin, r_end);
+            stages[tid].store(sA.data(), sB.data());
           }
-          if constexpr (kAsync) {
-            // A copy lands at once here; the kernel's wait + barrier make it so there.
-            const auto copy = [](float* dst, const T* src) { *dst = to_float(im2win::load_or_zero(src)); };
-            const auto copy_slice = [&](int s) {
-              for (int tid = 0; tid < THREADS; ++tid)
-                stages[tid].copy(p, r_begin + s * BK, r_end, a_stage(s % kStages), b_stage(s % kStages), copy);
-            };
-            const int slices = im2win::ceil_div(r_end - r_begin, BK);
-            for (int s = 0; s < kStages - 1 && s < slices; ++s) copy_slice(s);
-            for (int s = 0; s < slices; ++s) {
-              if (s + kStages - 1 < slices) copy_slice(s + kStages - 1);
-              for (int tid = 0; tid < THREADS; ++tid)
-                acc[tid].multiply(a_stage(s % kStages), b_stage(s % kStages), tid);
-            }
-          } else {
+          int read = 0;
+          for (int r0 = r_begin; r0 < r_end; r0 += BK) {
+            const int write = read ^ 1;
+            const bool has_next = r0 + BK < r_end;
             for (int tid = 0; tid < THREADS; ++tid) {
-              stages[tid].load(p, r_begin, r_end);
-              stages[tid].store(a_stage(0), b_stage(0));
+              if (has_next) stages[tid].load(p, r0 + BK, r_end);
+              acc[tid].multiply(&sA[read * Traits::A_STAGE], &sB[read * Traits::B_STAGE], tid);
             }
-            int read = 0;
-            for (int r0 = r_begin; r0 < r_end; r0 += BK) {
-              const int write = read ^ 1;
-              const bool has_next = r0 + BK < r_end;
-              for (int tid = 0; tid < THREADS; ++tid) {
-                if (has_next) stages[tid].load(p, r0 + BK, r_end);
-                acc[tid].multiply(a_stage(read), b_stage(read), tid);
-              }
-              for (int tid = 0; tid < THREADS; ++tid)
-                if (has_next) stages[tid].store(a_stage(write), b_stage(write));
-              read = write;
-            }
+            for (int tid = 0; tid < THREADS; ++tid)
+              if (has_next) stages[tid].store(&sA[write * Traits::A_STAGE], &sB[write * Traits::B_STAGE]);
+            read = write;
           }
           for (int tid = 0; tid < THREADS; ++tid)
             acc[tid].for_each(tid, [&](int row, int col, float value) {
