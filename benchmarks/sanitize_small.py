@@ -173,6 +173,7 @@ def im2win_cases(dev):
         (1, 8, 7, 7, 8, 3, 1, 1, 1, 8, False),
         (2, 32, 6, 6, 20, 1, 1, 0, 1, 1, False),
         (1, 4, 5, 5, 4, 5, 1, 0, 1, 1, False),  # Ho = Wo = 1
+        (2, 36, 12, 11, 136, 3, 1, 1, 1, 1, True),  # fp32 wgmma: tails of M, N and a slice
     ]
     for prec, dt, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
                            ("fp16", torch.float16, False), ("bf16", torch.bfloat16, False)):

@@ -49,6 +49,19 @@ struct NhwcConv {
   PlaneDecoder out_positions;
 };
 
+// How the reduction is cut: slices of kSliceChannels channels of one tap, or, when C divides
+// kSliceChannels, of slice_taps = kSliceChannels / C neighbouring taps of one filter row.
+struct SlicePlan {
+  int slice_taps, slices;
+};
+inline SlicePlan plan_slices(int C, int kernel_h, int kernel_w) {
+  if (C < kSliceChannels && kSliceChannels % C == 0) {
+    const int taps = kSliceChannels / C;
+    return {taps, kernel_h * ceil_div(kernel_w, taps)};
+  }
+  return {1, kernel_h * kernel_w * ceil_div(C, kSliceChannels)};
+}
+
 // The reduction one slice at a time: the first tap (fh, fw), and the first channel c0 within
 // it.
 struct SliceCursor {
@@ -153,10 +166,8 @@ NhwcConv<T> make_nhwc_conv(const Conv2dParams& p, const void* input, const NCHWS
   c.in_h = int(in_stride.h), c.in_w = int(in_stride.w);
   c.out_c = int(p.out_stride.c), c.out_h = int(p.out_stride.h), c.out_w = int(p.out_stride.w);
   c.w_k = int(w_stride.n), c.w_h = int(w_stride.h), c.w_w = int(w_stride.w);
-  const bool pack_taps = c.C < kSliceChannels && kSliceChannels % c.C == 0;
-  c.slice_taps = pack_taps ? kSliceChannels / c.C : 1;
-  c.slices = p.kernel_h * (pack_taps ? ceil_div(p.kernel_w, c.slice_taps)
-                                     : p.kernel_w * ceil_div(c.C, kSliceChannels));
+  const SlicePlan plan = plan_slices(c.C, p.kernel_h, p.kernel_w);
+  c.slice_taps = plan.slice_taps, c.slices = plan.slices;
   c.pair_store = p.out_stride.c == 1 && p.out_channels % 2 == 0 &&
                  reinterpret_cast<uintptr_t>(p.output) % (2 * sizeof(T)) == 0 &&
                  p.out_stride.n % 2 == 0 && p.out_stride.h % 2 == 0 && p.out_stride.w % 2 == 0;
