@@ -1,9 +1,34 @@
-// Input gradient: BwdDataProblem (conv2d_problems.cuh), a gather on the implicit GEMM, or
-// the direct kernel (conv2d_bwd_data_direct.cu) for few channels per group.
+// Input gradient: for stride-1 fp32 convolutions a forward convolution on the wgmma kernel
+// (conv2d_bwd_data_as_fwd), else BwdDataProblem (conv2d_problems.cuh), a gather on the
+// implicit GEMM, or the direct kernel (conv2d_bwd_data_direct.cu) for few channels per group.
 #include "conv2d_kernels.cuh"
 #include "conv2d_problems.cuh"
 
 namespace im2win {
+
+bool conv2d_bwd_data_as_fwd(const Conv2dBwdParams& b, Conv2dParams& dgrad) {
+  const Conv2dParams& p = b.fwd;
+  if (p.dtype != DType::kFloat32 || p.groups != 1 || p.stride_h != 1 || p.stride_w != 1 ||
+      b.grad_input == nullptr || int64_t(p.batch) * p.out_h * p.out_w == 0)
+    return false;
+  Conv2dParams t = p;
+  t.in_channels = p.out_channels, t.in_h = p.out_h, t.in_w = p.out_w;
+  t.out_channels = p.in_channels, t.out_h = p.in_h, t.out_w = p.in_w;
+  t.pad_h = p.dilation_h * (p.kernel_h - 1) - p.pad_h;
+  t.pad_w = p.dilation_w * (p.kernel_w - 1) - p.pad_w;
+  if (t.pad_h < 0 || t.pad_w < 0) return false;
+  t.input = b.grad_output, t.in_stride = b.grad_out_stride;
+  // weight'[c][k][fh][fw] = weight[k][c][FH - 1 - fh][FW - 1 - fw]: a view with the first two
+  // strides swapped and the tap strides negated, from the last tap.
+  const NCHWStrides& w = p.w_stride;
+  t.weight = static_cast<const float*>(p.weight) + (p.kernel_h - 1) * w.h + (p.kernel_w - 1) * w.w;
+  t.w_stride = {w.c, w.n, -w.h, -w.w};
+  t.bias = nullptr;
+  t.output = b.grad_input, t.out_stride = b.grad_in_stride;
+  if (!conv2d_fwd_nhwc_fp32_supported(t)) return false;
+  dgrad = t;
+  return true;
+}
 
 cudaError_t conv2d_bwd_data_gemm(const Conv2dBwdParams& b, cudaStream_t stream) {
   if (conv2d_bwd_data_direct_supported(b)) return conv2d_bwd_data_direct(b, stream);

@@ -35,6 +35,11 @@ cudaError_t split_to_channels_last_tf32(const float* src, const NCHWStrides& s, 
                                         int W, int C_out, float* big, float* small,
                                         cudaStream_t stream);
 
+// conv2d_bwd_data.cu: grad_input of a stride-1 fp32 convolution with one group is itself a
+// forward convolution, of grad_output with the weight's channel dimensions swapped and its
+// taps flipped, padding dilation * (F - 1) - pad: fills `dgrad` with it and returns true
+// when the wgmma forward takes it (conv2d_fwd_nhwc_fp32).
+bool conv2d_bwd_data_as_fwd(const Conv2dBwdParams& b, Conv2dParams& dgrad);
 // conv2d_bwd_data.cu: grad_input = the transposed convolution of grad_output, as a gather.
 cudaError_t conv2d_bwd_data_gemm(const Conv2dBwdParams& p, cudaStream_t stream);
 

@@ -1,6 +1,7 @@
 // Public host entry points of the im2win convolution (conv2d_launch.h): check that the
 // kernels' 32-bit index arithmetic covers the problem, handle empty problems, and call the
 // per-family launchers (conv2d_kernels.cuh).
+#include <algorithm>
 #include <cstdint>
 
 #include "conv2d_common.cuh"
@@ -66,9 +67,13 @@ cudaError_t conv2d_fwd_cuda(const Conv2dParams& p, void* workspace, cudaStream_t
   return conv2d_fwd_gemm(p, stream);
 }
 
+// The input gradient and the weight gradient run one after the other: they share it.
 size_t conv2d_bwd_workspace_bytes(const Conv2dBwdParams& b) {
   if (!supported(b) || output_positions(b.fwd) == 0) return 0;
-  return conv2d_bwd_weight_workspace_bytes(b);
+  Conv2dParams dgrad;
+  const size_t dgrad_bytes =
+      conv2d_bwd_data_as_fwd(b, dgrad) ? conv2d_fwd_nhwc_fp32_workspace_bytes(dgrad) : 0;
+  return std::max(dgrad_bytes, conv2d_bwd_weight_workspace_bytes(b));
 }
 
 cudaError_t conv2d_bwd_cuda(const Conv2dBwdParams& b, void* workspace, cudaStream_t stream) {
@@ -76,8 +81,10 @@ cudaError_t conv2d_bwd_cuda(const Conv2dBwdParams& b, void* workspace, cudaStrea
   if (!supported(b)) return cudaErrorInvalidValue;
   const bool no_positions = output_positions(p) == 0;  // every gradient sum is empty
   cudaError_t err = cudaSuccess;
+  Conv2dParams dgrad;
   if (b.grad_input != nullptr && int64_t(p.batch) * p.in_h * p.in_w > 0)
-    err = conv2d_bwd_data_gemm(b, stream);
+    err = conv2d_bwd_data_as_fwd(b, dgrad) ? conv2d_fwd_nhwc_fp32(dgrad, workspace, stream)
+                                           : conv2d_bwd_data_gemm(b, stream);
   if (err == cudaSuccess && b.grad_weight != nullptr) {
     const size_t weight_bytes = size_t(p.out_channels) * (p.in_channels / p.groups) *
                                 p.kernel_h * p.kernel_w * element_size(p.dtype);
