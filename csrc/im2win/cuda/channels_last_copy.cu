@@ -50,7 +50,8 @@ __global__ void __launch_bounds__(kTile * kRowsPerPass)
       if (c < C_out && pixel < pixels) {
         int x;
         const int y = width.divmod(pixel, x);
-        tile[threadIdx.y + i][threadIdx.x] = c < C ? sample[c * s.c + y * s.h + x * s.w] : from_float<T>(0.f);
+        tile[threadIdx.y + i][threadIdx.x] =
+            c < C ? sample[c * s.c + y * s.h + x * s.w] : from_float<T>(0.f);
       }
     }
     __syncthreads();

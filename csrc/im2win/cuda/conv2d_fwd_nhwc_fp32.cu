@@ -5,14 +5,16 @@
 // parts once per call (channels_last_copy.cu), and an NCHW input is copied channels-last:
 // two passes over the input buy 16-byte window copies with one address per tap instead of
 // one per element. Both copies pad C to a multiple of 4 (up to 16: to 4, 8 or 16, whose
-// slices hold several taps), so any C takes this path. A block of 256 threads owns 128 output positions x BN output channels;
-// each of its two warpgroups multiplies 64 of the positions. Per slice (32 channels of one
-// tap) cp.async lands the raw windows and both weight parts in a kStages ring; each warp
-// reads its window rows into registers (ldmatrix), splits them there, and its warpgroup
-// issues, per 8 channels, small * big, big * small and big * big (3xTF32; TF32 issues big *
-// big alone) with A from registers and B from shared memory. Tensor cores truncate as they
-// accumulate (gemm_tile.cuh's 3xTF32 note), so exact fp32 gathers a slice's twelve products
-// in a fresh accumulator that reaches the sum by one ordinary add.
+// slices hold several taps), so any C takes this path.
+//
+// A block of 256 threads owns 128 output positions x BN output channels; each of its two
+// warpgroups multiplies 64 of the positions. Per slice (32 values: channels of one tap, or
+// taps of one filter row) cp.async lands the raw windows and both weight parts in a kStages
+// ring; each warp reads its window rows into registers (ldmatrix), splits them there, and
+// its warpgroup issues, per 8 values, small * big, big * small and big * big (3xTF32; TF32
+// issues big * big alone) with A from registers and B from shared memory. Tensor cores
+// truncate as they accumulate (gemm_tile.cuh's 3xTF32 note), so exact fp32 gathers a slice's
+// twelve products in a fresh accumulator that reaches the sum by one ordinary add.
 #include <atomic>
 #include <cstdint>
 
@@ -37,7 +39,8 @@ struct Fp32Tile {
   // parts (BN rows each), each a whole number of 1024-byte atoms.
   static constexpr int kAElems = Layout::elems(BM), kBElems = Layout::elems(BN);
   static constexpr int kStageElems = kAElems + (kExact ? 2 : 1) * kBElems;
-  static constexpr int kSmemBytes = kStages * kStageElems * int(sizeof(float)) + Layout::kAtomBytes;  // + alignment
+  static constexpr int kSmemBytes =  // + one atom to align the ring
+      kStages * kStageElems * int(sizeof(float)) + Layout::kAtomBytes;
   static constexpr int kSteps = kSliceChannels / 8;  // k steps of one slice
   static_assert(kBElems * sizeof(float) % Layout::kAtomBytes == 0, "B must start on an atom");
 };
@@ -237,7 +240,8 @@ int64_t weight_elems(const Conv2dParams& p) {
   return int64_t(p.out_channels) * padded_channels(p.in_channels) * p.kernel_h * p.kernel_w;
 }
 bool input_needs_copy(const Conv2dParams& p) {
-  return padded_channels(p.in_channels) != p.in_channels || !nhwc_chunked<float>(p.input, p.in_stride);
+  return padded_channels(p.in_channels) != p.in_channels ||
+         !nhwc_chunked<float>(p.input, p.in_stride);
 }
 int weight_parts(const Conv2dParams& p) { return p.fp32_math == Fp32Math::kExact ? 2 : 1; }
 
@@ -292,7 +296,8 @@ cudaError_t conv2d_fwd_nhwc_fp32(const Conv2dParams& p, void* workspace, cudaStr
   const NhwcConv<float> conv = make_nhwc_conv<float>(
       p, input, in_stride, w_big, channels_last_strides(C, p.kernel_h, p.kernel_w), w_small, C);
   // 64 output channels or fewer: a 64-wide tile wastes none of its columns on them.
-  if (p.out_channels <= 64) return exact ? launch_fp32<64, true>(conv, stream) : launch_fp32<64, false>(conv, stream);
+  if (p.out_channels <= 64)
+    return exact ? launch_fp32<64, true>(conv, stream) : launch_fp32<64, false>(conv, stream);
   return exact ? launch_fp32<128, true>(conv, stream) : launch_fp32<128, false>(conv, stream);
 }
 

@@ -129,7 +129,8 @@ struct NhwcCopier {
       const bool ok = position_ok[i] && channel_ok && unsigned(ih) < unsigned(p.H) &&
                       unsigned(iw) < unsigned(p.W);
       const T* src = ok ? sample[i] + ih * p.in_h + iw * p.in_w + c : p.input;
-      tile::cp_async_16(sA + Layout::offset(row0 + i * Chunk::kRowStep, chunk * Chunk::kElems), src, ok);
+      const int to = Layout::offset(row0 + i * Chunk::kRowStep, chunk * Chunk::kElems);
+      tile::cp_async_16(sA + to, src, ok);
     }
     const int tap_offset = s.fh * p.w_h + fw * p.w_w + c;
 #pragma unroll
