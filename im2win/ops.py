@@ -63,7 +63,10 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
         groups: input and output channels split into this many groups (groups = C is depthwise).
 
     For float32 on CUDA the kernels may use TF32 tensor cores exactly when
-    torch.backends.cudnn.allow_tf32 allows cuDNN to.
+    torch.backends.cudnn.allow_tf32 allows cuDNN to; otherwise the result is exact fp32
+    (three TF32 products per term). On Hopper GPUs (built for sm_90a) the float32 forward
+    and the stride-1 input gradient run on a channels-last copy of the input (of
+    grad_output) and of the weight: temporary memory of about the input's size.
     """
     fn = "im2win.conv2d"
     input, unbatched = _batched(input, fn)
