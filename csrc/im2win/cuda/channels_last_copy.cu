@@ -79,13 +79,9 @@ cudaError_t launch_copy(const T* src, const NCHWStrides& s, int N, int C, int H,
 
 }  // namespace
 
-cudaError_t copy_to_channels_last(DType dtype, const void* src, const NCHWStrides& s, int N, int C,
-                                  int H, int W, int C_out, void* dst, cudaStream_t stream) {
-  return dispatch_dtype(dtype, [&](auto type_tag) {
-    using T = decltype(type_tag);
-    return launch_copy(static_cast<const T*>(src), s, N, C, H, W, C_out,
-                       ChannelsLastOut<T, false>{static_cast<T*>(dst), nullptr}, stream);
-  });
+cudaError_t copy_to_channels_last(const float* src, const NCHWStrides& s, int N, int C, int H,
+                                  int W, int C_out, float* dst, cudaStream_t stream) {
+  return launch_copy(src, s, N, C, H, W, C_out, ChannelsLastOut<float, false>{dst, nullptr}, stream);
 }
 
 cudaError_t split_to_channels_last_tf32(const float* src, const NCHWStrides& s, int N, int C, int H,

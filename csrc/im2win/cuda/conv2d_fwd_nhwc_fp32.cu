@@ -288,8 +288,8 @@ cudaError_t conv2d_fwd_nhwc_fp32(const Conv2dParams& p, void* workspace, cudaStr
   NCHWStrides in_stride = p.in_stride;
   if (err == cudaSuccess && input_needs_copy(p)) {
     float* const copy = take(input_elems(p));
-    err = copy_to_channels_last(p.dtype, p.input, p.in_stride, p.batch, p.in_channels, p.in_h,
-                                p.in_w, C, copy, stream);
+    err = copy_to_channels_last(static_cast<const float*>(p.input), p.in_stride, p.batch,
+                                p.in_channels, p.in_h, p.in_w, C, copy, stream);
     input = copy, in_stride = channels_last_strides(C, p.in_h, p.in_w);
   }
   if (err != cudaSuccess) return err;

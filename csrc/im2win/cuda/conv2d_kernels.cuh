@@ -26,9 +26,9 @@ size_t conv2d_fwd_nhwc_fp32_workspace_bytes(const Conv2dParams& p);
 cudaError_t conv2d_fwd_nhwc_fp32(const Conv2dParams& p, void* workspace, cudaStream_t stream);
 
 // channels_last_copy.cu: dst (N, H, W, C_out), contiguous = src (N, C, H, W) through strides
-// s, zero in channels C .. C_out - 1.
-cudaError_t copy_to_channels_last(DType dtype, const void* src, const NCHWStrides& s, int N, int C,
-                                  int H, int W, int C_out, void* dst, cudaStream_t stream);
+// s, zero in channels C .. C_out - 1 (fp32: the wgmma forward's copies).
+cudaError_t copy_to_channels_last(const float* src, const NCHWStrides& s, int N, int C, int H,
+                                  int W, int C_out, float* dst, cudaStream_t stream);
 // The same for fp32 into big = src rounded to TF32 and, unless small is nullptr, the exact
 // remainder small = src - big (3xTF32 operands).
 cudaError_t split_to_channels_last_tf32(const float* src, const NCHWStrides& s, int N, int C, int H,
@@ -40,6 +40,7 @@ cudaError_t split_to_channels_last_tf32(const float* src, const NCHWStrides& s, 
 // taps flipped, padding dilation * (F - 1) - pad: fills `dgrad` with it and returns true
 // when the wgmma forward takes it (conv2d_fwd_nhwc_fp32).
 bool conv2d_bwd_data_as_fwd(const Conv2dBwdParams& b, Conv2dParams& dgrad);
+
 // conv2d_bwd_data.cu: grad_input = the transposed convolution of grad_output, as a gather.
 cudaError_t conv2d_bwd_data_gemm(const Conv2dBwdParams& p, cudaStream_t stream);
 
