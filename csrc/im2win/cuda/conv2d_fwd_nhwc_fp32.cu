@@ -260,7 +260,7 @@ bool conv2d_fwd_nhwc_fp32_supported(const Conv2dParams& p) {
   if (p.dtype != DType::kFloat32 || p.groups != 1) return false;
   const int C = padded_channels(p.in_channels);
   // In-sample offsets of the padded copies are ints, as everywhere (conv2d_launch.cu).
-  return int64_t(C) * p.in_h * p.in_w < INT32_MAX - 1024 &&
+  return int64_t(C) * p.in_h * p.in_w < common::kMaxIntIndex &&
          plan_slices(C, p.kernel_h, p.kernel_w).slices >= kMinSlices && wgmma_compiled_in();
 }
 
