@@ -147,7 +147,6 @@ AttnInputs check_attn_inputs(const Tensor& q_in, const Tensor& k_in, const Tenso
                         v_in.size(2) == q_in.size(2),
                     op, ": v must be (B, H, N, E) with (B, H, N) of q = ",
                     q_in.sizes().slice(0, 3), ", got ", v_in.sizes());
-  TORCH_CHECK_VALUE(q_in.size(2) >= 1, op, ": the sequence length N must be >= 1");
   const int64_t heads = q_in.size(1), d = q_in.size(3), e = v_in.size(3);
   check_head_dim(d, op, "the head dim D of q and k");
   check_head_dim(e, op, "the head dim E of v");
@@ -213,7 +212,10 @@ std::tuple<Tensor, Tensor> attn(const Tensor& q, const Tensor& k, const Tensor& 
                            : at::empty({0}, q.options().dtype(at::kFloat));
   AttnParams p = in.params;
   p.final_state = output_final_state ? final_state.data_ptr<float>() : nullptr;
-  if (q.numel() == 0 && v.numel() == 0) return {o, final_state};
+  if (o.numel() == 0) {  // no tokens (or no sequence or head): the state passes through
+    if (output_final_state) initial_state ? final_state.copy_(in.initial_state) : final_state.zero_();
+    return {o, final_state};
+  }
 
 #ifdef WITH_CUDA
   if (q.is_cuda()) {
@@ -256,6 +258,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attn_backward(
   Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
   Tensor d_init = initial_state ? at::empty_like(in.initial_state)
                                 : at::empty({0}, q.options().dtype(at::kFloat));
+
+  if (gout.numel() == 0) {  // no tokens: the final state is the initial one
+    if (initial_state) grad_final_state ? d_init.copy_(g_final) : d_init.zero_();
+    return {dq, dk, dv, d_init};
+  }
 
   AttnBwdParams p;
   p.fwd = in.params;
