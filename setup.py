@@ -68,6 +68,17 @@ class GuardedDevelop(develop):  # runs `pip install -e .`
         super().run()
 
 
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    def finalize_options(self):
+        super().finalize_options()
+        if self.editable_mode:
+            # An editable install (`pip install -e .`) builds in a fresh temporary directory;
+            # the in-place build's directory lets ninja reuse its objects instead of compiling
+            # everything again.
+            plat = self.distribution.get_command_obj("build").plat_name
+            self.build_temp = os.path.join(ROOT, "build", f"temp.{plat}-{sys.implementation.cache_tag}")
+
+
 def main():
     with_cuda = build_config.cuda_enabled()
     debug = os.environ.get("DEBUG", "0") == "1"
@@ -95,7 +106,7 @@ def main():
     setup(
         ext_modules=ext_modules,
         install_requires=[torch_pin, "numpy"],
-        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "install": GuardedInstall, "develop": GuardedDevelop},
+        cmdclass={"build_ext": BuildExt, "install": GuardedInstall, "develop": GuardedDevelop},
     )
 
 
