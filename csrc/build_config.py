@@ -7,6 +7,7 @@ so they compile in seconds; only the binding ``.cpp`` of each namespace sees tor
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 
@@ -110,11 +111,10 @@ def nvcc_flags(arch_list):
 def compile_args(with_cuda, debug=False):
     """extra_compile_args of the extensions; torch adds the -std its headers need."""
     cxx = _opt_flags(debug) + cxx_flags()
-    nvcc = _opt_flags(debug) + nvcc_flags(default_arch_list()) if with_cuda else []
-    if with_cuda:
-        cxx.append("-DWITH_CUDA")
-        nvcc.append("-DWITH_CUDA")
-    return {"cxx": cxx, "nvcc": nvcc}
+    if not with_cuda:
+        return {"cxx": cxx, "nvcc": []}
+    nvcc = _opt_flags(debug) + nvcc_flags(default_arch_list()) + ["-DWITH_CUDA"]
+    return {"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc}
 
 
 def link_args():
@@ -160,8 +160,10 @@ def jit_load(name):
 
 
 def _cmake_archs_to_torch(archs):
-    """CMake's CUDA_ARCHITECTURES (90a;80) as a TORCH_CUDA_ARCH_LIST (9.0a;8.0)."""
-    return ";".join(f"{a[:-1]}.{a[-1]}" if a.isdigit() else f"{a[:-2]}.{a[-2:]}" for a in archs.split(";") if a)
+    """CMake's CUDA_ARCHITECTURES (90a;80-real) as a TORCH_CUDA_ARCH_LIST (9.0a;8.0); names
+    without a number (native, all) are left out."""
+    found = (re.fullmatch(r"(\d+)(\d)([a-z]?)(-real|-virtual)?", a) for a in archs.split(";"))
+    return ";".join(f"{m[1]}.{m[2]}{m[3]}" for m in found if m)
 
 
 def standalone_nvcc_flags(cuda_archs):
