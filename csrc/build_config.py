@@ -85,6 +85,8 @@ def compile_args(with_cuda, debug=False):
     if with_cuda:
         cxx.append("-DWITH_CUDA")
         nvcc.append("-DWITH_CUDA")
+        if "9.0a" in default_arch_list().split(";"):
+            nvcc.append("-DIM2WIN_HAS_SM90A")  # the host planner may choose the wgmma kernels
     return {"cxx": cxx, "nvcc": nvcc}
 
 

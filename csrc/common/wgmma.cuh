@@ -5,8 +5,8 @@
 // then neither the accumulators nor A's registers may be touched.
 //
 // Only code compiled for sm_90a may issue these: TILE_HAS_WGMMA says whether this device
-// pass is one. Host code cannot know which pass the loaded binary came from, so launchers
-// ask the device (wgmma_compiled_in below).
+// pass is one. Host code learns it from the build (IM2WIN_HAS_SM90A, defined when the arch
+// list has 9.0a) and the device's compute capability (im2win's device_caps).
 #pragma once
 
 #include <cstdint>

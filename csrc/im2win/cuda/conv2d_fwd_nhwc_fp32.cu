@@ -15,7 +15,6 @@
 // issues big * big alone) with A from registers and B from shared memory. Tensor cores
 // truncate as they accumulate (gemm_tile.cuh's 3xTF32 note), so exact fp32 gathers a slice's
 // twelve products in a fresh accumulator that reaches the sum by one ordinary add.
-#include <atomic>
 #include <cstdint>
 
 #include "../../common/gemm_tile.cuh"
@@ -175,7 +174,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
 #else
-  __trap();  // never launched: wgmma_compiled_in() said this binary has no sm_90a code
+  __trap();  // never launched: device_caps() finds no sm_90a code for this device
 #endif
 }
 
@@ -192,32 +191,6 @@ cudaError_t launch_fp32(const NhwcConv<float>& conv, cudaStream_t stream) {
   const int blocks = ceil_div(conv.positions, BM) * n_tiles;
   kernel<<<blocks, kThreads, Tile::kSmemBytes, stream>>>(conv, n_tiles);
   return cudaGetLastError();
-}
-
-// ---- whether the loaded binary has the sm_90a kernels ---------------------------------
-
-__device__ int g_wgmma_compiled_in;
-
-__global__ void wgmma_probe_kernel() { g_wgmma_compiled_in = TILE_HAS_WGMMA; }
-
-constexpr int kMaxDevices = 64;
-std::atomic<int> g_wgmma_by_device[kMaxDevices];  // 0 unknown, 1 no, 2 yes
-
-// One launch and one synchronous read per device and process: the driver picks the binary
-// by the device, so only the device can say whether the sm_90a pass was built and chosen.
-bool wgmma_compiled_in() {
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return false;
-  int known = g_wgmma_by_device[device].load(std::memory_order_relaxed);
-  if (known == 0) {
-    int value = 0;
-    wgmma_probe_kernel<<<1, 1>>>();
-    const bool ok = cudaGetLastError() == cudaSuccess &&
-                    cudaMemcpyFromSymbol(&value, g_wgmma_compiled_in, sizeof(int)) == cudaSuccess;
-    known = ok && value == 1 ? 2 : 1;
-    g_wgmma_by_device[device].store(known, std::memory_order_relaxed);
-  }
-  return known == 2;
 }
 
 constexpr size_t kWorkspaceAlign = 256;
@@ -261,7 +234,7 @@ bool conv2d_fwd_nhwc_fp32_supported(const Conv2dParams& p) {
   const int C = padded_channels(p.in_channels);
   // In-sample offsets of the padded copies are ints, as everywhere (conv2d_launch.cu).
   return int64_t(C) * p.in_h * p.in_w < INT32_MAX - 1024 &&
-         plan_slices(C, p.kernel_h, p.kernel_w).slices >= kMinSlices && wgmma_compiled_in();
+         plan_slices(C, p.kernel_h, p.kernel_w).slices >= kMinSlices;
 }
 
 // The weight's parts always (big, and small for exact fp32), the input's copy if NCHW.
@@ -270,7 +243,8 @@ size_t conv2d_fwd_nhwc_fp32_workspace_bytes(const Conv2dParams& p) {
          weight_parts(p) * aligned_bytes(weight_elems(p));
 }
 
-cudaError_t conv2d_fwd_nhwc_fp32(const Conv2dParams& p, void* workspace, cudaStream_t stream) {
+cudaError_t conv2d_fwd_nhwc_fp32(const Conv2dParams& p, int tile_n, void* workspace,
+                                 cudaStream_t stream) {
   unsigned char* free_space = static_cast<unsigned char*>(workspace);
   auto take = [&](int64_t elems) {
     float* const part = reinterpret_cast<float*>(free_space);
@@ -295,10 +269,12 @@ cudaError_t conv2d_fwd_nhwc_fp32(const Conv2dParams& p, void* workspace, cudaStr
   if (err != cudaSuccess) return err;
   const NhwcConv<float> conv = make_nhwc_conv<float>(
       p, input, in_stride, w_big, channels_last_strides(C, p.kernel_h, p.kernel_w), w_small, C);
-  // 64 output channels or fewer: a 64-wide tile wastes none of its columns on them.
-  if (p.out_channels <= 64)
-    return exact ? launch_fp32<64, true>(conv, stream) : launch_fp32<64, false>(conv, stream);
-  return exact ? launch_fp32<128, true>(conv, stream) : launch_fp32<128, false>(conv, stream);
+  switch (tile_n) {
+    case 64: return exact ? launch_fp32<64, true>(conv, stream) : launch_fp32<64, false>(conv, stream);
+    case 128:
+      return exact ? launch_fp32<128, true>(conv, stream) : launch_fp32<128, false>(conv, stream);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace im2win

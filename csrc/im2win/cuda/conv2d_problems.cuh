@@ -255,9 +255,10 @@ struct WeightGradPlan {
   static constexpr int kMinSplitLength = 256;
   static constexpr int kMaxGridZ = 65535;
 
-  GemmConfig config;
-  int splits, r_chunk;
+  GemmConfig config = GemmConfig::kMma;
+  int splits = 1, r_chunk = 1;
 
+  WeightGradPlan() = default;
   explicit WeightGradPlan(const Conv2dParams& p) {
     const int M = p.out_channels / p.groups;
     const int N = p.in_channels / p.groups * p.kernel_h * p.kernel_w;
