@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(kThreads) conv2d_fwd_nhwc_kernel(const NhwcCon
   const int wm = (warp % Tile::kWarpsM) * Tile::WM, wn = (warp / Tile::kWarpsM) * Tile::WN;
 
   const NhwcCopier<T, Tile::BM, BN, Layout> copier(p, m_block, threadIdx.x);
-  SliceCursor next;  // the next slice to copy
+  SliceCursor<> next;  // the next slice to copy
   typename Tile::Warp acc;
   acc.zero();
 

@@ -16,7 +16,7 @@ cudaError_t run_fwd(const Conv2dParams& p, const FwdPlan& plan, void* workspace,
     case FwdKernel::kNone: return cudaSuccess;
     case FwdKernel::kImplicitGemm: return conv2d_fwd_gemm(p, plan.gemm_config, stream);
     case FwdKernel::kNhwc16: return conv2d_fwd_nhwc(p, plan.tile_n, stream);
-    case FwdKernel::kWgmmaFp32: return conv2d_fwd_nhwc_fp32(p, plan.tile_n, workspace, stream);
+    case FwdKernel::kWgmma: return conv2d_fwd_wgmma(p, plan.tile_n, workspace, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "conv2d_kernels.cuh"
 #include "conv2d_plan.h"
@@ -44,15 +46,20 @@ int64_t output_positions(const Conv2dParams& p) { return int64_t(p.batch) * p.ou
 // 64 output channels or fewer: a 64-wide tile wastes none of its columns on them.
 int channel_tile(const Conv2dParams& p) { return p.out_channels <= 64 ? 64 : 128; }
 
+bool wgmma_takes(const Conv2dParams& p, const DeviceCaps& caps) {
+  const bool dtype_ok = p.dtype == DType::kFloat32 ? caps.wgmma : caps.wgmma && caps.wgmma_16bit;
+  return dtype_ok && conv2d_fwd_wgmma_supported(p);
+}
+
 // The forward's kernel for a problem the shape checks have passed.
 FwdPlan plan_fwd_kernel(const Conv2dParams& p, const DeviceCaps& caps) {
   FwdPlan plan;
   if (output_positions(p) == 0 || p.out_channels == 0) {
     plan.kernel = FwdKernel::kNone;
-  } else if (caps.wgmma && conv2d_fwd_nhwc_fp32_supported(p)) {
-    plan.kernel = FwdKernel::kWgmmaFp32;
+  } else if (wgmma_takes(p, caps)) {
+    plan.kernel = FwdKernel::kWgmma;
     plan.tile_n = channel_tile(p);
-    plan.workspace_bytes = conv2d_fwd_nhwc_fp32_workspace_bytes(p);
+    plan.workspace_bytes = conv2d_fwd_wgmma_workspace_bytes(p);
   } else if (conv2d_fwd_nhwc_supported(p)) {
     plan.kernel = FwdKernel::kNhwc16;
     plan.tile_n = channel_tile(p);
@@ -72,6 +79,14 @@ constexpr bool kBuiltForSm90a = false;
 constexpr int kMaxDevices = 64;
 std::atomic<int> g_wgmma_by_device[kMaxDevices];  // 0 unknown, 1 no, 2 yes
 
+bool wgmma_16bit_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("IM2WIN_WGMMA_16BIT");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return enabled;
+}
+
 }  // namespace
 
 // An sm_90a binary runs on compute capability 9.0 exactly, and the driver prefers it there
@@ -88,7 +103,7 @@ DeviceCaps device_caps() {
     known = ok && kBuiltForSm90a && major == 9 && minor == 0 ? 2 : 1;
     g_wgmma_by_device[device].store(known, std::memory_order_relaxed);
   }
-  return {known == 2};
+  return {known == 2, known == 2 && wgmma_16bit_enabled()};
 }
 
 FwdPlan plan_conv2d_fwd(const Conv2dParams& p, const DeviceCaps& caps) {
@@ -108,7 +123,7 @@ BwdPlan plan_conv2d_bwd(const Conv2dBwdParams& b, const DeviceCaps& caps) {
     Conv2dParams t;
     FwdPlan as_fwd;
     if (!no_positions && conv2d_bwd_data_as_fwd(b, t)) as_fwd = plan_conv2d_fwd(t, caps);
-    if (as_fwd.kernel == FwdKernel::kWgmmaFp32) {
+    if (as_fwd.kernel == FwdKernel::kWgmma) {
       plan.data = BwdDataKernel::kAsFwd;
       plan.data_as_fwd = t;
       plan.data_fwd = as_fwd;

@@ -14,6 +14,9 @@ namespace im2win {
 // only, no launch and no synchronisation, so an op call stays capturable in a CUDA graph.
 struct DeviceCaps {
   bool wgmma = false;  // the binary has sm_90a code and the device runs it (compute 9.0)
+  // The 16-bit forms of the wgmma forward: opt-in (IM2WIN_WGMMA_16BIT=1 in the environment)
+  // until they have passed the CUDA tests on a Hopper GPU.
+  bool wgmma_16bit = false;
 };
 DeviceCaps device_caps();
 
@@ -22,19 +25,19 @@ enum class FwdKernel {
   kNone,          // an empty output: nothing to launch
   kImplicitGemm,  // conv2d_fwd.cu: any layout, dtype and grouping
   kNhwc16,        // conv2d_fwd_nhwc.cu: fp16/bf16 channels_last, C % 8 == 0, one group
-  kWgmmaFp32,     // conv2d_fwd_nhwc_fp32.cu: fp32, one group, on Hopper tensor cores
+  kWgmma,         // conv2d_fwd_wgmma.cu: one group, on Hopper tensor cores
 };
 
 struct FwdPlan {
   FwdKernel kernel = FwdKernel::kUnsupported;
   GemmConfig gemm_config = GemmConfig::kMma;  // kImplicitGemm
-  int tile_n = 0;                             // kNhwc16, kWgmmaFp32: output channels a block
+  int tile_n = 0;                             // kNhwc16, kWgmma: output channels a block
   size_t workspace_bytes = 0;
 };
 
 enum class BwdDataKernel {
   kNone,          // grad_input not wanted, or empty
-  kAsFwd,         // a forward convolution (stride 1, fp32, one group): data_fwd on data_as_fwd
+  kAsFwd,         // a forward convolution (stride 1, one group): data_fwd on data_as_fwd
   kDirect,        // conv2d_bwd_data_direct.cu: at most 4 input channels per group
   kImplicitGemm,  // conv2d_bwd_data.cu: a gather on the implicit GEMM
 };

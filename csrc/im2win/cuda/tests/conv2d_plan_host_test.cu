@@ -53,7 +53,8 @@ Conv2dBwdParams bwd_params(const ConvCase& cs, DType dtype, bool grad_input = tr
   return b;
 }
 
-const DeviceCaps kHopper{true}, kOther{false};
+// Hopper with the 16-bit wgmma forms off (the default) and on, and any other GPU.
+const DeviceCaps kHopper{true, false}, kHopper16{true, true}, kOther{false, false};
 
 //                                  N   C   H   W    K  FH FW sh sw ph pw dh dw  g  bias  NHWC
 const ConvCase k3x3 =     {"3x3",   2, 64, 14, 14, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1, true, false};
@@ -68,8 +69,8 @@ void test_forward() {
   std::printf("forward\n");
   Conv2dParams p = params(k3x3, DType::kFloat32);
   FwdPlan plan = im2win::plan_conv2d_fwd(p, kHopper);
-  expect(plan.kernel == FwdKernel::kWgmmaFp32 && plan.tile_n == 128 &&
-             plan.workspace_bytes == im2win::conv2d_fwd_nhwc_fp32_workspace_bytes(p) &&
+  expect(plan.kernel == FwdKernel::kWgmma && plan.tile_n == 128 &&
+             plan.workspace_bytes == im2win::conv2d_fwd_wgmma_workspace_bytes(p) &&
              plan.workspace_bytes > 0,
          "fp32 NCHW, one group, on Hopper: wgmma, 128 channels, its copies' workspace");
   plan = im2win::plan_conv2d_fwd(p, kOther);
@@ -78,7 +79,7 @@ void test_forward() {
          "the same elsewhere: implicit GEMM, no workspace");
   p = params(kNarrow, DType::kFloat32, Fp32Math::kTF32);
   plan = im2win::plan_conv2d_fwd(p, kHopper);
-  expect(plan.kernel == FwdKernel::kWgmmaFp32 && plan.tile_n == 64, "K = 64: 64-wide tile");
+  expect(plan.kernel == FwdKernel::kWgmma && plan.tile_n == 64, "K = 64: 64-wide tile");
   plan = im2win::plan_conv2d_fwd(params(kFewSlices, DType::kFloat32), kHopper);
   expect(plan.kernel == FwdKernel::kImplicitGemm, "C = 3, 3 x 3 (3 slices): implicit GEMM");
   plan = im2win::plan_conv2d_fwd(params(kGroups, DType::kFloat32), kHopper);
@@ -95,6 +96,23 @@ void test_forward() {
     expect(plan.kernel == FwdKernel::kImplicitGemm, name + " NCHW: implicit GEMM");
     plan = im2win::plan_conv2d_fwd(params(kStem, dtype), kHopper);
     expect(plan.kernel == FwdKernel::kImplicitGemm, name + " channels_last, C = 3: implicit GEMM");
+  }
+
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+    const std::string name = dtype == DType::kFloat16 ? "fp16" : "bf16";
+    plan = im2win::plan_conv2d_fwd(params(k3x3Cl, dtype), kHopper16);
+    expect(plan.kernel == FwdKernel::kWgmma && plan.tile_n == 128 && plan.workspace_bytes == 0,
+           name + " channels_last with 16-bit wgmma: wgmma, no copies");
+    const Conv2dParams nchw = params(k3x3, dtype);
+    plan = im2win::plan_conv2d_fwd(nchw, kHopper16);
+    // input 2 x 64 x 14 x 14 and weight 128 x 64 x 3 x 3 values, 2 bytes each, 256-aligned
+    expect(plan.kernel == FwdKernel::kWgmma && plan.workspace_bytes == 50176 + 147456 &&
+               plan.workspace_bytes == im2win::conv2d_fwd_wgmma_workspace_bytes(nchw),
+           name + " NCHW with 16-bit wgmma: channels-last copies of input and weight");
+    plan = im2win::plan_conv2d_fwd(params(kStem, dtype), kHopper16);
+    expect(plan.kernel == FwdKernel::kWgmma, name + " 7 x 7, C = 3 (padded to 8, 8 taps a slice)");
+    plan = im2win::plan_conv2d_fwd(params(kFewSlices, dtype), kHopper16);
+    expect(plan.kernel == FwdKernel::kImplicitGemm, name + " C = 3, 3 x 3 (3 slices): implicit GEMM");
   }
 
   plan = im2win::plan_conv2d_fwd(params(kEmpty, DType::kFloat32), kHopper);
@@ -114,7 +132,7 @@ void test_backward() {
   const im2win::WeightGradPlan weight_plan(b.fwd);
   const Conv2dParams& t = plan.data_as_fwd;
   expect(plan.supported && plan.data == BwdDataKernel::kAsFwd &&
-             plan.data_fwd.kernel == FwdKernel::kWgmmaFp32,
+             plan.data_fwd.kernel == FwdKernel::kWgmma,
          "fp32 stride 1 on Hopper: grad_input as a forward convolution on wgmma");
   expect(t.in_channels == 128 && t.out_channels == 64 && t.in_h == 14 && t.out_h == 14 &&
              t.pad_h == 1 && t.pad_w == 1 && t.input == b.grad_output &&
@@ -129,6 +147,13 @@ void test_backward() {
   expect(plan.workspace_bytes == std::max(plan.data_fwd.workspace_bytes, weight_bytes) &&
              plan.workspace_bytes > 0,
          "  one workspace, the larger of the two gradients' needs");
+
+  plan = im2win::plan_conv2d_bwd(bwd_params(k3x3Cl, DType::kBFloat16), kHopper);
+  expect(plan.data == BwdDataKernel::kImplicitGemm, "bf16 stride 1, 16-bit wgmma off: gather");
+  plan = im2win::plan_conv2d_bwd(bwd_params(k3x3Cl, DType::kBFloat16), kHopper16);
+  expect(plan.data == BwdDataKernel::kAsFwd && plan.data_fwd.kernel == FwdKernel::kWgmma &&
+             plan.data_fwd.workspace_bytes > 0,
+         "bf16 stride 1, 16-bit wgmma on: a forward convolution (flipped weight copied)");
 
   plan = im2win::plan_conv2d_bwd(b, kOther);
   expect(plan.data == BwdDataKernel::kImplicitGemm && plan.workspace_bytes == weight_bytes,
