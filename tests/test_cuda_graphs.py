@@ -15,10 +15,11 @@ pytestmark = [pytest.mark.cuda,
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 
 
-def capture(step, *leaves):
-    """Warms step up on a side stream (as torch.cuda.graphs asks), then captures it with the
-    leaves' gradients cleared, so they are allocated in the graph's pool and overwritten, not
-    accumulated, on every replay."""
+def assert_replay_matches_eager(step, leaves, inputs, names, dtype):
+    """Warms step (forward + backward, returns the output) up on a side stream (as
+    torch.cuda.graphs asks), captures it with the leaves' gradients cleared (so they are
+    allocated in the graph's pool and overwritten, not accumulated, on every replay), refills
+    every input in place, replays, and compares output and gradients with an eager step."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -30,7 +31,18 @@ def capture(step, *leaves):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = step()
-    return graph, out
+    with torch.no_grad():
+        for t in inputs:
+            t.copy_(torch.randn_like(t))
+    graph.replay()
+    torch.cuda.synchronize()
+    got = [out.clone()] + [t.grad.clone() for t in leaves]
+
+    for t in leaves:
+        t.grad = None
+    expect = [step()] + [t.grad for t in leaves]
+    for name, a, e in zip(names, got, expect):
+        assert_close(a, e, dtype, name, tol=1e-6 if dtype == F32 else None)
 
 
 @pytest.mark.parametrize("dtype,channels_last", [(F32, False), (F32, True), (BF16, True),
@@ -48,19 +60,8 @@ def test_conv2d_forward_backward_replay(dtype, channels_last):
         y.backward(g)
         return y
 
-    graph, y = capture(step, x, w, b)
-    with torch.no_grad():
-        for t in (x, w, b, g):
-            t.copy_(torch.randn_like(t))
-    graph.replay()
-    torch.cuda.synchronize()
-    got = (y.clone(), x.grad.clone(), w.grad.clone(), b.grad.clone())
-
-    x.grad = w.grad = b.grad = None
-    expect = step()
-    for name, a, e in zip(("y", "grad_input", "grad_weight", "grad_bias"), got,
-                          (expect, x.grad, w.grad, b.grad)):
-        assert_close(a, e, dtype, name, tol=1e-6 if dtype == F32 else None)
+    assert_replay_matches_eager(step, (x, w, b), (x, w, b, g),
+                                ("y", "grad_input", "grad_weight", "grad_bias"), dtype)
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16])
@@ -76,15 +77,4 @@ def test_attn_forward_backward_replay(dtype):
         o.backward(g)
         return o
 
-    graph, o = capture(step, q, k, v)
-    with torch.no_grad():
-        for t in (q, k, v, g):
-            t.copy_(torch.randn_like(t))
-    graph.replay()
-    torch.cuda.synchronize()
-    got = (o.clone(), q.grad.clone(), k.grad.clone(), v.grad.clone())
-
-    q.grad = k.grad = v.grad = None
-    expect = step()
-    for name, a, e in zip(("o", "dq", "dk", "dv"), got, (expect, q.grad, k.grad, v.grad)):
-        assert_close(a, e, dtype, name, tol=1e-6 if dtype == F32 else None)
+    assert_replay_matches_eager(step, (q, k, v), (q, k, v, g), ("o", "dq", "dk", "dv"), dtype)
