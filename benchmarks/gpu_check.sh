@@ -243,7 +243,7 @@ if [ -f "$CHECK_LOG" ]; then
   echo "--- check:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|sanitize_small:|ctest:|tests passed|tests failed|FAIL" "$CHECK_LOG" | tail -20
 fi
 if [ -f "$OUT/report.md" ]; then
-  echo "--- targets:"; grep -E "^- (PASS|FAIL)" "$OUT/report.md"
+  echo "--- targets:"; grep -E "^- (met|open):" "$OUT/report.md"
 fi
 echo "--- files in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
 n_files=$(ls "$OUT" | wc -l)
