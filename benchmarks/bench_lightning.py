@@ -1,4 +1,4 @@
-"""lightning.attn against its peers, in one run (DESIGN.md section 5, BENCHMARKS.md).
+"""lightning.attn against its peers, in one run (DESIGN.md section 5, benchmarks/README.md).
 
 Peers (each optional: a missing or failing one gives null entries, never a crash):
   fla         fla.ops.simple_gla.chunk_simple_gla(q, k, v, g_gamma=-slope, scale=1.0)
