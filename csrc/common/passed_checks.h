@@ -11,12 +11,10 @@
 namespace torch_utils {
 
 // Reading a CUDA tensor's values on the host waits for the device, and the GPU then idles
-// through the rest of the call's host work. (The H200 timings of lightning carry a constant
-// of ~45 us per forward and ~190 us per forward + backward, fitted over n; this
-// synchronisation in every call is the suspected cause.) Arguments such as decay slopes
-// are nearly always the same tensor call after call (a module buffer), so this remembers the
-// last few tensors whose values passed: the same tensor object at the same version is not
-// checked again. In-place writes, through any view, bump the version; a tensor freed and
+// through the rest of the call's host work: a fixed cost in every call, large next to a
+// short kernel. Arguments such as decay slopes are nearly always the same tensor call after
+// call (a module buffer), so this remembers the last few tensors whose values passed: the
+// same tensor object at the same version is not checked again. In-place writes, through any view, bump the version; a tensor freed and
 // another allocated at its address is another object. Inference tensors have no version,
 // so they are never remembered.
 class PassedValueChecks {

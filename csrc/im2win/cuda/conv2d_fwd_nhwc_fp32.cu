@@ -251,9 +251,9 @@ NCHWStrides channels_last_strides(int C, int H, int W) {
 
 }  // namespace
 
-// With a reduction of a few slices the copies before and the stores after dominate: paper
-// layer conv7 (C = 3, 3 x 3: 3 slices) ran at 0.55x cuDNN here against 0.62x on the
-// implicit GEMM; conv3 (7 slices) 1.15x against 1.12x.
+// With a reduction of only a few slices the channels-last copies before the GEMM and the
+// stores after it dominate, and the implicit GEMM, which copies nothing, is the faster path
+// (the measurement is in benchmarks/NOTES.md).
 constexpr int kMinSlices = 4;
 
 bool conv2d_fwd_nhwc_fp32_supported(const Conv2dParams& p) {
