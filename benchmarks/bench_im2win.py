@@ -1,7 +1,7 @@
 """im2win.conv2d against cuDNN (torch.nn.functional.conv2d, cudnn.benchmark=True), in one run.
 
 Layers: the im2win GPU paper's 12 layers (batch 128, no padding) and nine ResNet-50 layers
-(batch 64, with their padding); BENCHMARKS.md lists both with today's cuDNN figures.
+(batch 64, with their padding); the targets are in benchmarks/README.md section 3.
 Columns ("precisions"):
   fp32      exact fp32: torch.backends.cudnn.allow_tf32 = False (and cuda.matmul) for both
   tf32      TF32 allowed (allow_tf32 = True) for both

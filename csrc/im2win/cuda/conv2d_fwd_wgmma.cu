@@ -316,9 +316,9 @@ cudaError_t run_wgmma(const Conv2dParams& p, int tile_n, void* workspace, cudaSt
 
 }  // namespace
 
-// With a reduction of a few slices the copies before and the stores after dominate the
-// GEMM: a C = 3, 3 x 3 convolution (3 slices) ran slower on this kernel than on the implicit
-// GEMM, one of 7 slices faster (benchmarks/NOTES.md).
+// With a reduction of only a few slices the channels-last copies before the GEMM and the
+// stores after it dominate, and the implicit GEMM, which copies nothing, is the faster path
+// (the measurement is in benchmarks/NOTES.md).
 constexpr int kMinSlices = 4;
 
 bool conv2d_fwd_wgmma_supported(const Conv2dParams& p) {

@@ -246,7 +246,7 @@ struct BwdWeightProblem : GemmShape {
   }
 };
 
-// How the weight-gradient reduction is split: enough blocks to fill an H200 twice over
+// How the weight-gradient reduction is split: enough blocks to fill a 132-SM GPU twice over
 // (a fixed target rather than a device query, so the split, and with it the rounding, is
 // the same on every device), each split at least kMinSplitLength output positions long so
 // its tile's load and write-out stay small against its products, and no empty split.
