@@ -23,10 +23,10 @@ Differences from FLA:
   - g_gamma must be <= 0 (a decay, not a growth); a positive or NaN entry raises ValueError.
     No gradient flows to g_gamma (FLA returns none either). Likewise the *_lightning_attn
     functions need 0 <= layer_idx <= num_layers (FLA accepts any layer_idx).
-  - Head dims K and V must be multiples of 16 in [16, 256]; dtypes fp32, fp64, fp16, bf16;
-    q, k, v share one dtype. Other shapes raise ValueError.
-  - Accumulation is fp32 (fp64 for fp64 inputs) everywhere, including the chunk states FLA's
-    forward keeps in the input dtype, so fp16/bf16 results differ from FLA's by rounding.
+  - Head dims K and V must be multiples of 16 in [16, 256]; dtypes fp32, fp16, bf16 (and
+    fp64 on the CPU); q, k, v share one dtype. Other shapes raise ValueError.
+  - Accumulation is at least fp32 everywhere, including the chunk states FLA's forward keeps
+    in the input dtype, so fp16/bf16 results differ from FLA's by rounding.
   - initial_state may have any floating dtype (it is used in fp32; its gradient comes back in
     its own dtype). The final state is a new fp32 tensor, as in FLA.
   - The keyword arguments chunk_size and cu_seqlens_cpu are accepted and ignored (the kernels
@@ -39,6 +39,8 @@ Differences from FLA:
     one lightning.attn_decode step on a copy of initial_state; every other call runs
     lightning.attn.
   - Runs on CPU as well as CUDA.
+  - The op checks a decay tensor's values once per tensor and version (on a GPU the check
+    synchronises): pass the same g_gamma tensor across calls rather than a new one each time.
 """
 
 import functools

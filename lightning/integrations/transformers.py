@@ -24,9 +24,9 @@ tuple (output, state) is the original's. Weights, buffers and the module tree ar
 changed.
 
 Differences from the unpatched layer:
-  - lightning.attn accumulates in fp32 (fp64 for an fp64 model) and keeps the state between
-    blocks in fp32, where transformers computes in the model's dtype; in fp32 the two agree
-    to rounding, in bf16/fp16 the patched layer is the more accurate one and long greedy
+  - lightning.attn accumulates in fp32 (fp64 for an fp64 model on the CPU) and hands states
+    over in fp32, where transformers computes in the model's dtype; in fp32 the two agree
+    to rounding, in bf16/fp16 the patched layer keeps more precision and long greedy
     generations may part ways. The state is handed to the kernels as fp32 (an fp64 model's
     cache is rounded to fp32 between calls, a relative 6e-8) and stored back in the model's
     dtype; slope_rate is used as fp32.
