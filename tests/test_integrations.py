@@ -18,15 +18,21 @@ F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
 # FLA drop-ins
 # ---------------------------------------------------------------------------------------------
 
+def exact(device):
+    """The most precise dtype the kernels take on the device (fp64 is CPU-only)."""
+    return F64 if device == "cpu" else F32
+
+
 def bthd(b, t, h, d, device, dtype, requires_grad=False):
     return torch.randn(b, t, h, d, device=device, dtype=dtype, requires_grad=requires_grad)
 
 
 def reference_bthd(q, k, v, slope, scale, s0, cu_seqlens=None):
-    """attn_naive (or attn_varlen) in fp64 on (B, T, H, D) tensors; returns (o (B, T, H, V), state)."""
-    args = [t.detach().to(F64).transpose(1, 2) for t in (q, k, v)]
-    slope = None if slope is None else slope.to(F64)
-    s0 = None if s0 is None else s0.detach().to(F64)
+    """attn_naive (or attn_varlen) in fp64 on the CPU on (B, T, H, D) tensors; returns
+    (o (B, T, H, V), state)."""
+    args = [t.detach().to("cpu", F64).transpose(1, 2) for t in (q, k, v)]
+    slope = None if slope is None else slope.to("cpu", F64)
+    s0 = None if s0 is None else s0.detach().to("cpu", F64)
     if cu_seqlens is None:
         o, state = ref.attn_naive(*args, slope, scale, s0)
     else:
@@ -46,6 +52,8 @@ def fla_lightning_slopes(h, layer_idx, num_layers):
     (False, None, True, True),
 ], ids=["default", "scale-state", "nodecay-vfirst"])
 def test_chunk_simple_gla(device, dtype, decay, scale, with_state, state_v_first):
+    if dtype != exact(device) and dtype == F64:
+        pytest.skip("fp64 is CPU-only")
     b, t, h, d, e = 2, 70, 3, 32, 16
     q, k, v = bthd(b, t, h, d, device, dtype), bthd(b, t, h, d, device, dtype), bthd(b, t, h, e, device, dtype)
     g_gamma = -torch.rand(h, device=device) if decay else None
@@ -67,26 +75,26 @@ def test_chunk_simple_gla(device, dtype, decay, scale, with_state, state_v_first
 def test_chunk_simple_gla_varlen(device):
     h, d = 2, 16
     cu = torch.tensor([0, 17, 18, 60], device=device)
-    q, k, v = (bthd(1, 60, h, d, device, F64) for _ in range(3))
+    q, k, v = (bthd(1, 60, h, d, device, exact(device)) for _ in range(3))
     g_gamma = -torch.rand(h, device=device)
     s0 = torch.randn(3, h, d, d, device=device)
     o, state = lfla.chunk_simple_gla(q, k, v, g_gamma=g_gamma, initial_state=s0,
                                      output_final_state=True, cu_seqlens=cu, cu_seqlens_cpu=cu.cpu())
     ro, rstate = reference_bthd(q, k, v, -g_gamma.cpu(), d ** -0.5, s0, cu.cpu())
-    assert_close(o, ro, F64)
+    assert_close(o, ro, exact(device))
     assert_close(state, rstate, F32, "final_state")
 
 
 @pytest.mark.parametrize("layer_idx", [0, 3])
 def test_chunk_lightning_attn_slopes(device, layer_idx):
     b, t, h, d = 2, 40, 4, 16
-    q, k, v = (bthd(b, t, h, d, device, F64) for _ in range(3))
+    q, k, v = (bthd(b, t, h, d, device, exact(device)) for _ in range(3))
     o, state = lfla.chunk_lightning_attn(q, k, v, layer_idx, 4, output_final_state=True, chunk_size=64)
     ro, rstate = reference_bthd(q, k, v, fla_lightning_slopes(h, layer_idx, 4), d ** -0.5, None)
-    assert_close(o, ro, F64)
+    assert_close(o, ro, exact(device))
     assert_close(state, rstate, F32, "final_state")
     o_rec, _ = lfla.fused_recurrent_lightning_attn(q, k, v, layer_idx, 4)
-    assert_close(o_rec, ro, F64, "fused_recurrent_lightning_attn")
+    assert_close(o_rec, ro, exact(device), "fused_recurrent_lightning_attn")
 
 
 def test_fused_recurrent_decode(device):
@@ -119,7 +127,7 @@ def test_fused_recurrent_reverse(device, varlen):
     b, t = (1, 50) if varlen else (2, 50)
     cu = torch.tensor([0, 11, 50], device=device) if varlen else None
     nseq = 2
-    q, k, v = (bthd(b, t, h, d, device, F64) for _ in range(3))
+    q, k, v = (bthd(b, t, h, d, device, exact(device)) for _ in range(3))
     g_gamma = -torch.rand(h, device=device)
     s0 = torch.randn(nseq, h, d, d, device=device)
     o, state = lfla.fused_recurrent_simple_gla(q, k, v, g_gamma=g_gamma, initial_state=s0,
@@ -132,7 +140,7 @@ def test_fused_recurrent_reverse(device, varlen):
     else:
         ro, rstate = reference_bthd(q.flip(1), k.flip(1), v.flip(1), -g_gamma.cpu(), d ** -0.5, s0)
         ro = ro.flip(1)
-    assert_close(o, ro, F64)
+    assert_close(o, ro, exact(device))
     assert_close(state, rstate, F32, "final_state")
 
 
@@ -140,31 +148,35 @@ def test_fla_backward(device):
     """Gradients in q, k, v and a non-fp32 initial_state (returned in its dtype) against
     autograd through the fp64 reference."""
     b, t, h, d = 2, 45, 2, 16
-    q, k, v = (bthd(b, t, h, d, device, F64, requires_grad=True) for _ in range(3))
-    s0 = torch.randn(b, h, d, d, device=device, dtype=F64, requires_grad=True)
+    dtype = exact(device)
+    q, k, v = (bthd(b, t, h, d, device, dtype, requires_grad=True) for _ in range(3))
+    s0 = torch.randn(b, h, d, d, device=device, dtype=F64 if dtype == F64 else BF16,
+                     requires_grad=True)
     g_gamma = -torch.rand(h, device=device)
     o, state = lfla.fused_recurrent_simple_gla(q, k, v, g_gamma=g_gamma, initial_state=s0,
                                                output_final_state=True)
     go, gs = torch.randn_like(o), torch.randn_like(state)
     grads = torch.autograd.grad((o, state), (q, k, v, s0), (go, gs))
-    rq, rk, rv, rs0 = (x.detach().double().requires_grad_() for x in (q, k, v, s0.float()))
+    rq, rk, rv, rs0 = (x.detach().cpu().double().requires_grad_() for x in (q, k, v, s0.float()))
     ro, rstate = ref.attn_naive(*(x.transpose(1, 2) for x in (rq, rk, rv)), -g_gamma.cpu().double(),
                                 d ** -0.5, rs0)
-    rgrads = torch.autograd.grad((ro.transpose(1, 2), rstate), (rq, rk, rv, rs0), (go, gs.double()))
-    assert grads[3].dtype == F64
-    for name, g, rg in zip(("dq", "dk", "dv", "d_initial_state"), grads, rgrads):
-        assert_close(g, rg, F32 if name == "d_initial_state" else F64, name)
+    rgrads = torch.autograd.grad((ro.transpose(1, 2), rstate), (rq, rk, rv, rs0),
+                                 (go.cpu().double(), gs.cpu().double()))
+    assert grads[3].dtype == s0.dtype
+    for name, g, rg in zip(("dq", "dk", "dv"), grads, rgrads):
+        assert_close(g, rg, dtype, name)
+    assert_close(grads[3], rgrads[3], s0.dtype if s0.dtype == BF16 else F32, "d_initial_state")
 
 
 def test_g_gamma_written_in_place_is_read_again(device):
-    q, k, v = (bthd(1, 20, 2, 16, device, F64) for _ in range(3))
+    q, k, v = (bthd(1, 20, 2, 16, device, exact(device)) for _ in range(3))
     g_gamma = torch.tensor([-0.5, -0.1], device=device)
     o1, _ = lfla.chunk_simple_gla(q, k, v, g_gamma=g_gamma)
     g_gamma[0] = -2.0
     o2, _ = lfla.chunk_simple_gla(q, k, v, g_gamma=g_gamma)
     ro, _ = reference_bthd(q, k, v, -g_gamma.cpu(), 16 ** -0.5, None)
     assert not torch.equal(o1, o2)
-    assert_close(o2, ro, F64)
+    assert_close(o2, ro, exact(device))
 
 
 def test_fla_errors(device):
