@@ -81,7 +81,7 @@ def _slope(layer: nn.Module) -> Tensor:
 def _lightning_forward(self, hidden_states: Tensor, position_embeddings=None,
                        attention_mask=None, cache=None, **kwargs):
     """MiniMaxLightningAttention.forward on lightning.attn / lightning.attn_decode."""
-    if cache is None:  # the name before transformers 5 (its deprecation shim maps it to `cache`)
+    if cache is None:  # callers still using the older names, as transformers' own forward allows
         cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
     batch, tokens, _ = hidden_states.shape
     heads, head_dim = self.num_attention_heads, self.head_dim
