@@ -385,6 +385,30 @@ def test_minimax_unpatch_and_cache_exchange(hf):
     assert_close(step[:, -1], want[:, -1], F32, "logits after a patched prefill", CACHED_TOL[F32])
 
 
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+def test_minimax_layer_call_with_past_key_values(hf):
+    """A layer called directly with the older keyword past_key_values (which transformers' own
+    forward still takes) reads and fills that cache."""
+    _, integration = hf
+    from transformers.models.minimax.modeling_minimax import MiniMaxCache
+
+    model = tiny_minimax(hf, LINEAR_ONLY)
+    layer = lightning_layers(model)[1]
+    x = torch.randn(2, 20, 64)
+    results = []
+    with torch.no_grad():
+        for patch in (False, True):
+            if patch:
+                integration.patch_minimax(model)
+            cache = MiniMaxCache()
+            y1, _ = layer(x[:, :19], None, None, past_key_values=cache)
+            y2, state = layer(x[:, 19:], None, None, past_key_values=cache)
+            assert cache.get_linear_cache(1) is state
+            results.append((y1, y2, state))
+    for name, got, want in zip(("prompt", "step", "state"), results[1], results[0]):
+        assert_close(got, want, F32, name, CACHED_TOL[F32])
+
+
 def test_minimax_patch_errors(hf):
     _, integration = hf
     with pytest.raises(ValueError, match="no MiniMaxLightningAttention layer"):
