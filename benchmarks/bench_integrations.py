@@ -57,9 +57,9 @@ def build_model(args):
         num_experts_per_tok=args.experts_per_tok, layer_types=["linear_attention"] * args.layers,
         max_position_embeddings=max(args.prefill_ns) + args.gen_prompt + args.gen_tokens,
         bos_token_id=None, eos_token_id=None, pad_token_id=0)
-    with torch.device(args.device):
+    with torch.device(args.device):  # initialise on the device (fast); .to() moves it if not
         model = MiniMaxForCausalLM(config)
-    model = model.to(args.dtype).eval()
+    model = model.to(device=args.device, dtype=args.dtype).eval()
     model.generation_config.pad_token_id = 0
     return model
 
