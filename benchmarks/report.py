@@ -27,7 +27,9 @@ LABELS = {"ours": "ours", "ours_bnhd": "ours (bnhd)", "fla": "FLA chunk_simple_g
 SHORT = {"ours": "ours", "ours_bnhd": "ours bnhd", "fla": "FLA", "opennlplab": "OpenNLPLab", "sdpa": "SDPA"}
 PEERS = ("fla", "opennlplab", "sdpa")
 PREC_LABELS = {"fp32": "fp32 (TF32 off)", "tf32": "tf32", "bf16": "bf16", "bf16_cl": "bf16 channels_last",
-               "fp32_fb": "fp32 fwd+bwd"}
+               "fp32_fb": "fp32 fwd+bwd", "tf32_fb": "tf32 fwd+bwd", "bf16_cl_fb": "bf16 channels_last fwd+bwd"}
+STEP_LABELS = {"fp32": "fp32 (TF32 off)", "tf32": "TF32 (PyTorch's default)",
+               "bf16_cl": "bf16 autocast, channels_last", "fp16_cl": "fp16 autocast + GradScaler, channels_last"}
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -191,6 +193,7 @@ def lightning_markdown(res):
                          + [f(r.get(k)) if not r.get("error") else "error" for k in ("o", "dq", "dk", "dv")]
                          for r in acc]))
 
+    md += r50step_markdown(res.get("r50step"))
     errs = sorted({(r["impl"], r["error"]) for r in rows if r.get("error")})
     if errs or res.get("import_errors"):
         md += ["", "Not measured: " + "; ".join([f"{k}: {v}" for k, v in res.get("import_errors", {}).items()]
@@ -270,7 +273,7 @@ def by_layer(rows):
 
 def im2win_markdown(res):
     rows = res.get("rows", [])
-    precs = [p for p in ("fp32", "tf32", "bf16", "bf16_cl", "fp32_fb") if any(r["precision"] == p for r in rows)]
+    precs = [p for p in PREC_LABELS if any(r["precision"] == p for r in rows)]
     by = by_layer(rows)
     md = [meta_line(res.get("meta", {}), "cudnn.benchmark=True")] + merged_lines(res) + [""]
     md.append("TFLOP/s ours / cuDNN (speedup = cuDNN time / our time) with 2*N*K*Ho*Wo*C*FH*FW per "
@@ -303,11 +306,35 @@ def im2win_markdown(res):
         body.append(["**geomean**", "", "", "", ""] +
                     [f"**{rx(g[p]['geomean_speedup'])}**" if p in g else "-" for p in precs] + ["", ""])
         md.append(table(header, body))
+    md += r50step_markdown(res.get("r50step"))
     errs = sorted({(r["impl"], r["error"]) for r in rows if r.get("error")})
     if errs or res.get("import_errors"):
         md += ["", "Not measured: " + "; ".join([f"{k}: {v}" for k, v in res.get("import_errors", {}).items()]
                                                  + [f"{i}: {e}" for i, e in errs[:8]])]
     return "\n".join(md)
+
+
+def r50step_markdown(step):
+    """The ResNet-50 training-step table of bench_im2win's r50step section, if it ran."""
+    if not step or not step.get("rows"):
+        return []
+    by = {}
+    for r in step["rows"]:
+        by.setdefault(r["mode"], {})[r["impl"]] = r
+    anyr = step["rows"][0]
+    md = ["", f"**ResNet-50 training step** (torchvision resnet50, batch {anyr['batch']}, "
+              f"{anyr['size']} x {anyr['size']}, SGD), native (cuDNN) against im2win.convert from the same "
+              f"weights: ms a step, images/s, peak memory MiB" +
+          (f"; {meta_line(step['meta'])[1:-1]}" if step.get("meta") else ""), ""]
+    body = []
+    for mode, d in by.items():
+        c, o = d.get("cudnn", {}), d.get("ours", {})
+        body.append([STEP_LABELS.get(mode, mode), f(c.get("ms")), f(o.get("ms")),
+                     rx(ratio(c.get("ms"), o.get("ms"))), f"{f(c.get('images_per_s'), 0)} / {f(o.get('images_per_s'), 0)}",
+                     f"{f(c.get('peak_mib'), 0)} / {f(o.get('peak_mib'), 0)}", f(o.get("first_loss_rel_diff"))])
+    md.append(table(["mode", "native ms", "ours ms", "speedup", "images/s native / ours",
+                     "peak MiB native / ours", "first-loss rel. diff"], body))
+    return md
 
 
 def im2win_targets(res):
@@ -319,6 +346,14 @@ def im2win_targets(res):
             out.append(check(g[p]["geomean_speedup"] >= goal,
                              f"{PREC_LABELS[p]} >= {goal:.1f}x cuDNN: {g[p]['geomean_speedup']:.2f}x "
                              f"over {g[p]['layers']} layers"))
+    speedup = (res.get("r50step") or {}).get("speedup", {})
+    for mode, goal in (("bf16_cl", 1.0), ("tf32", 1.0), ("fp32", 1.2)):
+        if mode in speedup:
+            out.append(check(speedup[mode] >= goal, f"ResNet-50 training step, {STEP_LABELS[mode]} >= "
+                                                    f"{goal:.1f}x cuDNN: {speedup[mode]:.2f}x"))
+    if "bf16_cl_fb" in g:
+        out.append(check(g["bf16_cl_fb"]["geomean_speedup"] >= 1.0,
+                         f"{PREC_LABELS['bf16_cl_fb']} >= 1.0x cuDNN: {g['bf16_cl_fb']['geomean_speedup']:.2f}x"))
     worse, total = [], 0
     for (group, layer), d in by.items():
         for p, impls in d.items():
@@ -398,7 +433,7 @@ def lightning_png(res, path, plt):
 
 def im2win_png(res, path, plt):
     rows = res.get("rows", [])
-    precs = [p for p in ("fp32", "tf32", "bf16", "bf16_cl", "fp32_fb") if any(r["precision"] == p for r in rows)]
+    precs = [p for p in PREC_LABELS if any(r["precision"] == p for r in rows)]
     layers = []
     for r in rows:
         if r["layer"] not in layers:
