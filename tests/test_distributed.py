@@ -196,6 +196,24 @@ def _run_lm(rank: int, world: int, seed: int):
     return errs
 
 
+def _run_bench_smoke(out_dir: str):
+    """benchmarks/bench_sequence_parallel.py --smoke in this group: its rows by section, and
+    whether rank 0 wrote the json."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "benchmarks"))
+    import bench_sequence_parallel
+
+    out = os.path.join(out_dir, "bench")
+    result = bench_sequence_parallel.main(["--smoke", "--out", out])
+    counts = {}
+    for row in result["rows"]:
+        counts[row["section"]] = counts.get(row["section"], 0) + 1
+    return {"rows": counts, "json": os.path.exists(os.path.join(out, "sequence_parallel.json")),
+            "model": [r["model"]["label"] for r in result["rows"] if "model" in r]}
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str, cases, seed: int):
     results = {}
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -206,6 +224,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, cases, seed: in
         jobs += [(f"error {w}", lambda w=w: _run_error_case(w, rank, world)) for w in ERROR_CASES]
         jobs += [("after errors", lambda: _run_case(Case(**cases[0]), rank, seed + 1)),
                  ("lm", lambda: _run_lm(rank, world, seed))]
+        if world == 2:
+            jobs.append(("bench smoke", lambda: _run_bench_smoke(out_dir)))
         for name, job in jobs:
             try:
                 results[name] = {"ok": job()}
@@ -305,6 +325,16 @@ def test_lm_under_ddp_matches_one_process(ranks):
     for r, errs in enumerate(_ok(results, "lm")):
         worst = max(errs, key=errs.get)
         assert errs[worst] <= BAR[F64], f"rank {r}: {worst} relative error {errs[worst]:.2e}"
+
+
+def test_benchmark_smoke(ranks):
+    world, results = ranks
+    if world != 2:
+        pytest.skip("the benchmark's smoke run rides on the 2-rank spawn")
+    first, second = _ok(results, "bench smoke")
+    assert first["rows"] == {"compute": 2, "parallel": 2} and first["json"], first
+    assert all(label.startswith("model") for label in first["model"]) and first["model"]
+    assert second["rows"] == {"parallel": 2}, second
 
 
 def test_no_process_group_is_an_error():
