@@ -25,6 +25,7 @@ sequence, and a small all-gather of each rank's shapes first, so that a mismatch
 same error on every rank instead of hanging.
 """
 
+import itertools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -276,7 +277,7 @@ class _SequenceParallelAttn(torch.autograd.Function):
 
         # 2. All-gather of the M_j; the state entering this chunk and the final state.
         states = _all_gather(own, group, world)                           # (P, B, H, D, E)
-        ends = [sum(lengths[:j + 1]) for j in range(world)]
+        ends = list(itertools.accumulate(lengths))
         starts = [end - length for end, length in zip(ends, lengths)]
         incoming = _state_entering(starts[rank], ends[:rank], states, initial_state, slope)
         final = (_state_entering(ends[-1], ends, states, initial_state, slope)
@@ -288,7 +289,6 @@ class _SequenceParallelAttn(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, slope, incoming)
         ctx.scale, ctx.group, ctx.rank = scale, group, rank
         ctx.starts, ctx.ends, ctx.output_final_state = starts, ends, output_final_state
-        ctx.has_initial_state = initial_state is not None
         if not output_final_state:
             ctx.mark_non_differentiable(final)
         return o, final
@@ -299,33 +299,35 @@ class _SequenceParallelAttn(torch.autograd.Function):
         rank, starts, ends = ctx.rank, ctx.starts, ctx.ends
         world, n = len(ends), q.shape[2]
         want_init = ctx.needs_input_grad[3]  # the same on every rank (agreed in the forward)
-
-        # 1. dX_r, the gradient of the state entering this chunk (rank 0's only reaches the
-        #    initial state), and this rank's final-state gradient dF_r: all-gathered.
-        if rank > 0 or want_init:
-            d_incoming = ctx.scale * _decayed_outer(q, grad_out, slope, 1 + _positions(n, q))
-        else:
-            d_incoming = q.new_zeros(q.shape[:2] + (q.shape[3], v.shape[3]), dtype=torch.float32)
-        sent = [d_incoming]
-        if ctx.output_final_state:
-            sent.append(grad_final.float() if grad_final is not None
-                        else torch.zeros_like(d_incoming))
-        grads = _all_gather(torch.stack(sent), ctx.group, world)         # (P, G, B, H, D, E)
-
-        # 2. The gradients reaching the state at `origin` from every later dX_r and every dF_r:
-        #    dM_r at the end of this chunk, dS_0 before the first token.
-        def reaching(origin: int, first: int):
-            terms = [(grads[j, 0], starts[j] - origin) for j in range(first, world)]
+        # fp32 states and GEMMs as in the forward, whatever autocast the backward runs under
+        with torch.autocast(q.device.type, enabled=False):
+            # 1. dX_r, the gradient of the state entering this chunk (rank 0's only reaches
+            #    the initial state), and this rank's final-state gradient dF_r: all-gathered.
+            if rank > 0 or want_init:
+                d_incoming = ctx.scale * _decayed_outer(q, grad_out, slope, 1 + _positions(n, q))
+            else:
+                d_incoming = q.new_zeros(q.shape[:2] + (q.shape[3], v.shape[3]),
+                                         dtype=torch.float32)
+            sent = [d_incoming]
             if ctx.output_final_state:
-                terms += [(grads[j, 1], ends[-1] - origin) for j in range(world)]
-            return _decayed_sum(terms, slope)
+                sent.append(grad_final.float() if grad_final is not None
+                            else torch.zeros_like(d_incoming))
+            grads = _all_gather(torch.stack(sent), ctx.group, world)     # (P, G, B, H, D, E)
 
-        d_own = reaching(ends[rank], rank + 1)
-        d_init = reaching(0, 0) if want_init else None
+            # 2. The gradients reaching the state at `origin` from the dX_r of the ranks from
+            #    `first` on and from every dF_r: dM_r at this chunk's end, dS_0 at the start.
+            def reaching(origin: int, first: int):
+                terms = [(grads[j, 0], starts[j] - origin) for j in range(first, world)]
+                if ctx.output_final_state:
+                    terms += [(grads[j, 1], ends[-1] - origin) for j in range(world)]
+                return _decayed_sum(terms, slope)
 
-        # 3. The op's backward of this rank's pass, with dM_r as its final-state gradient.
-        dq, dk, dv, _ = torch.ops.lightning.attn_backward(
-            grad_out, d_own, q, k, v, slope, incoming, None, ctx.scale)
+            d_own = reaching(ends[rank], rank + 1)
+            d_init = reaching(0, 0) if want_init else None
+
+            # 3. The op's backward of this rank's pass, with dM_r as its final-state gradient.
+            dq, dk, dv, _ = torch.ops.lightning.attn_backward(
+                grad_out, d_own, q, k, v, slope, incoming, None, ctx.scale)
         return dq, dk, dv, d_init, None, None, None, None, None, None, None
 
 
