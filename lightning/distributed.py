@@ -31,6 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .ops import _check_layout
 
@@ -81,10 +82,12 @@ def _positions(n: int, like: Tensor) -> Tensor:
 def _decayed_outer(a: Tensor, b: Tensor, slope: Optional[Tensor], powers: Tensor) -> Tensor:
     """sum_t lambda^(powers_t) a_t b_t^T over the rows t of a (B, H, L, X) and b (B, H, L, Y):
     (B, H, X, Y) fp32, one batched GEMM. M_r is (k, v, L-1-t); dX_r / scale is (q, dO, t+1).
-    The weighted rows are rounded to a's dtype, as the CUDA kernel's tensor-core state update
-    rounds its decayed keys, and on every device alike, so CPU tests see CUDA's numerics."""
+    The weighted rows are rounded once to a's dtype (for the tensor-core GEMM, as the CUDA
+    kernel's state update rounds its decayed keys), on every device alike, so that the CPU
+    tests see CUDA's numerics."""
     if slope is not None:
-        a = a * _decay(slope, powers).t().unsqueeze(-1).to(a.dtype)      # (H, L, 1) weights
+        weights = _decay(slope, powers).t().unsqueeze(-1)                # (H, L, 1)
+        a = torch.mul(a, weights, out=torch.empty_like(a))  # fp32 product, one rounding
     return _matmul_fp32(a.transpose(-1, -2), b)
 
 
@@ -294,6 +297,7 @@ class _SequenceParallelAttn(torch.autograd.Function):
         return o, final
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, grad_final):
         q, k, v, slope, incoming = ctx.saved_tensors
         rank, starts, ends = ctx.rank, ctx.starts, ctx.ends

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Optional, Tuple
+from typing import Tuple
 
 import pytest
 import torch
@@ -42,6 +42,7 @@ class Case:
     init_grad: bool = True           # ... that needs a gradient
     final: bool = False
     layout: str = "bhnd"
+    autocast: bool = False           # fp32 leaves under CPU autocast (bf16)
 
 
 CASES = {
@@ -50,6 +51,7 @@ CASES = {
         Case("unequal-fp64-init-final-d!=e", (37, 1), dtype="float64", e=32, init=True, final=True),
         Case("one-token-first-no-decay-bnhd", (1, 40), decay=False, init=True, layout="bnhd"),
         Case("bf16-final", (20, 33), dtype="bfloat16", d=32, e=32, final=True),
+        Case("autocast-bf16-init-final", (17, 30), autocast=True, init=True, final=True),
     ],
     3: [
         Case("equal-fp32-init-final", (16, 16, 16), d=32, e=16, init=True, final=True),
@@ -93,8 +95,9 @@ def _run_case(case: Case, rank: int, seed: int):
     from lightning.reference import attn_naive
 
     dtype = getattr(torch, case.dtype)
+    seen = BF16 if case.autocast else dtype  # what the op computes in
     q, k, v, slope, s0, w_out, w_final = _full_inputs(case, seed)
-    q, k, v = (t.to(dtype).to(F64) for t in (q, k, v))  # what both sides see
+    q, k, v = (t.to(seen).to(F64) for t in (q, k, v))  # what both sides see
     lo = sum(case.lengths[:rank])
     hi = lo + case.lengths[rank]
 
@@ -104,8 +107,10 @@ def _run_case(case: Case, rank: int, seed: int):
 
     ql, kl, vl = leaf(q), leaf(k), leaf(v)
     s0l = None if s0 is None else s0.clone().requires_grad_(case.init_grad)
-    o, final = lightning.distributed.attn(ql, kl, vl, slope, scale=0.7, initial_state=s0l,
-                                          output_final_state=case.final, layout=case.layout)
+    with torch.autocast("cpu", dtype=BF16, enabled=case.autocast):
+        o, final = lightning.distributed.attn(ql, kl, vl, slope, scale=0.7, initial_state=s0l,
+                                              output_final_state=case.final, layout=case.layout)
+    assert o.dtype == seen and ql.grad is None
     loss = (_to_layout(o, case.layout).double() * w_out[:, :, lo:hi]).sum()
     if case.final:
         loss = loss + (final.double() * w_final[rank]).sum()
@@ -286,7 +291,7 @@ def test_matches_whole_sequence(ranks):
     world, results = ranks
     failures = []
     for case in CASES[world]:
-        bar = BAR[getattr(torch, case.dtype)]
+        bar = BAR[BF16 if case.autocast else getattr(torch, case.dtype)]
         for r, errs in enumerate(_ok(results, f"case {case.name}")):
             failures += [f"{case.name} rank {r} {k}: {x:.2e} > {bar:.0e}"
                          for k, x in errs.items() if not x <= bar]
