@@ -143,7 +143,8 @@ def section_compute(args, device, slope, solo, budget):
     """Rank 0 alone: the op at N/P and N, one rank's share at N/P, and the model of P GPUs."""
     rows = []
     timing = {"warmup": args.warmup, "rep": args.rep, "device": device}
-    measured = {}  # n -> {"fwd": ms, "fwdbwd": ms, "peak_mib": MiB} of the op, or an error
+    # ("op" or "rank", tokens) -> {"fwd": ms, "fwdbwd": ms, "peak_mib": MiB}, or an error
+    measured = {}
 
     def measure(key, make):
         if key in measured:
@@ -174,8 +175,12 @@ def section_compute(args, device, slope, solo, budget):
             share = n // ranks
             op_share = measure(("op", share), lambda: op_calls(args, share, device, slope))
             mine = measure(("rank", share), lambda: rank_calls(args, share, device, slope, solo))
+            es = torch.finfo(getattr(torch, args.dtype)).bits // 8
             row = {"section": "compute", "n": n, "ranks": ranks, "tokens_per_rank": share,
                    "op_share": op_share, "rank_share": mine, "op_whole": whole,
+                   "rank_gb": {kind: rank_bytes(args.b, args.h, share, args.d, args.e, es,
+                                                kind == "fwdbwd") / 1e9
+                               for kind in ("fwd", "fwdbwd")},
                    "rank_fwdbwd_tflops": None}
             if "error" not in mine:
                 comm = {kind: comm_model_ms(ranks, args.b, args.h, args.d, args.e, kind == "fwdbwd",
@@ -316,7 +321,8 @@ def parse_args(argv):
     p.add_argument("--busbw-gbps", type=float, default=360.0,
                    help="model: NCCL all-gather bus bandwidth over NVLink, GB/s")
     p.add_argument("--budget-s", type=float, default=420.0)
-    p.add_argument("--out", default=common.RESULTS_DIR, help="folder for the json (also copied to $OUT)")
+    p.add_argument("--out", default=common.RESULTS_DIR,
+                   help="folder for the json (also copied to $OUT)")
     p.add_argument("--name", default="sequence_parallel", help="json file name without .json")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -342,8 +348,9 @@ def main(argv=None):
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
                                     timeout=timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    device = torch.device("cpu")
     if cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     import lightning
 
@@ -353,13 +360,15 @@ def main(argv=None):
     result = {
         "bench": "sequence_parallel",
         "meta": dict(common.metadata(device), world=world, backend=dist.get_backend()),
-        "config": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, list, bool))},
+        "config": {k: v for k, v in vars(args).items()
+                   if isinstance(v, (int, float, str, list, bool))},
         "formulas": {
             "rank_fwd_flop": "b*h*L*(2*64*(d+e) + 4*d*e) + 2*b*h*L*d*e  (op + state pass)",
             "rank_bwd_flop": "b*h*L*(2*64*(3d+2e) + 10*d*e) + 2*b*h*L*d*e  (op + dX pass)",
             "rank_fwd_bytes": "es*b*h*L*(2d+2e) + es*b*h*L*(3d+e)",
             "rank_fwdbwd_bytes": "es*b*h*L*(6d+5e) + 2*es*b*h*L*(3d+e)",
-            "comm_bytes_per_rank": "fwd: 120 + b*h*d*e*4; bwd: G*b*h*d*e*4 (G = 2 with a final state)",
+            "comm_bytes_per_rank": "fwd: 120 + b*h*d*e*4; bwd: G*b*h*d*e*4 "
+                                   "(G = 2 with a final state)",
             "model_allgather_ms": "(P-1) * (latency + bytes_per_rank / busbw)",
             "speedup": "t_op(whole N on one GPU) / t(N over P ranks)",
         },

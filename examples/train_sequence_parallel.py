@@ -2,9 +2,9 @@
 """Trains the demo's language model with every sequence split across processes: sequence
 parallelism through lightning.distributed.attn, with data parallelism (DDP) on top.
 
-    torchrun --nproc_per_node 2 examples/train_sequence_parallel.py           # 2 chunks a sequence
-    torchrun --nproc_per_node 2 examples/train_sequence_parallel.py --check   # and compare
-    torchrun --nproc_per_node 4 examples/train_sequence_parallel.py --dp 2    # 2 replicas x 2 chunks
+    torchrun --nproc_per_node 2 examples/train_sequence_parallel.py          # 2 chunks a sequence
+    torchrun --nproc_per_node 2 examples/train_sequence_parallel.py --check  # and compare
+    torchrun --nproc_per_node 4 examples/train_sequence_parallel.py --dp 2   # 2 replicas x 2
 
 gloo on CPUs, NCCL with one GPU per process. --check trains the same model on the whole
 batch in one process (on rank 0) beside the parallel run, from the same initialisation on
@@ -56,7 +56,8 @@ def chunk_bounds(tokens: int, parts: int, uneven: bool):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dp", type=int, default=1, help="data-parallel replicas (divides the world)")
+    parser.add_argument("--dp", type=int, default=1,
+                        help="data-parallel replicas (divides the number of processes)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (all chunks)")
     parser.add_argument("--batch", type=int, default=4, help="sequences per replica and step")
@@ -140,8 +141,9 @@ def main(argv=None):
         line = f"step {i:3d}  loss {loss:.6f}  {rate:,.0f} tok/s"
         if reference is not None:
             ref = step(reference, opts[1], x, y, 1 / y.numel(), lr).item() / y.numel()
-            worst = max(worst, abs(loss - ref) / abs(ref))
-            line += f"  one process {ref:.6f}  (relative difference {abs(loss - ref) / abs(ref):.1e})"
+            diff = abs(loss - ref) / abs(ref)
+            worst = max(worst, diff)
+            line += f"  one process {ref:.6f}  (relative difference {diff:.1e})"
         say(line, flush=True)
 
     status = 0

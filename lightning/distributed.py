@@ -207,7 +207,7 @@ def _send_metadata(error, q, k, v, slope, initial_state, output_final_state, sca
         init_grad = needs_grad and initial_state is not None and initial_state.requires_grad
         row = torch.tensor(
             [_OK if n > 0 else _EMPTY, n, b, h, d, v.shape[3], _DTYPES.index(q.dtype),
-             {"cpu": 0, "cuda": 1}.get(device.type, 2), slope is not None, 0.0,
+             {"cpu": 0, "cuda": 1}.get(q.device.type, 2), slope is not None, 0.0,
              initial_state is not None, bool(output_final_state), needs_grad, init_grad,
              float(scale)], dtype=torch.float64).to(device, non_blocking=True)
         if slope is not None:

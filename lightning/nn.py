@@ -206,9 +206,10 @@ class LightningLM(nn.Module):
     forward and decodes each new token in O(1) per layer.
 
     sequence_parallel_group: a process group over which every forward's sequence is split
-    (see LightningAttention); each rank passes its own chunk of the tokens and gets its
-    chunk's logits. Nothing else changes, so data parallelism (DDP over another group)
-    composes with it.
+    (see LightningAttention): each rank passes its own chunk of the tokens and gets its
+    chunk's logits. Each rank's parameter gradients are then its tokens' part, to be summed
+    over the group: DDP over all ranks does that when each rank's loss is its tokens' summed
+    loss times P / (tokens per replica), as examples/train_sequence_parallel.py shows.
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, num_heads: int, num_layers: int,

@@ -264,7 +264,7 @@ def _spawn(world: int, tmp_dir: str, seed: int):
     out = []
     for r, p in enumerate(procs):
         path = os.path.join(tmp_dir, f"rank{r}.json")
-        assert os.path.exists(path), f"rank {r} of {world} exited with code {p.exitcode} and no results"
+        assert os.path.exists(path), f"rank {r} of {world} exited ({p.exitcode}) with no results"
         with open(path) as f:
             out.append(json.load(f))
     return out
