@@ -70,12 +70,15 @@ def main(argv=None):
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--check", action="store_true",
                         help="also train one process on the whole batch (rank 0) and compare")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--corpus-bytes", type=int, default=1 << 20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
+    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+    own_group = not dist.is_initialized()  # else run in the caller's default group
+    if own_group:
+        dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     if world % args.dp != 0:
         raise SystemExit(f"--dp {args.dp} does not divide the {world} processes")
@@ -155,7 +158,8 @@ def main(argv=None):
         status = int(flag.item())
         say(f"largest relative loss difference to one process: {worst:.1e} "
             f"({'FAILED, >' if status else 'ok, <='} {tol:.0e})")
-    dist.destroy_process_group()
+    if own_group:
+        dist.destroy_process_group()
     return status
 
 

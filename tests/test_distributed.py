@@ -4,8 +4,10 @@ P = 2 and P = 3 processes are spawned once per P (a module fixture) and run ever
 turn, each rank holding its chunk of one sequence; the tests then read what each rank found.
 Outputs, final states and the gradients of q, k, v and the initial state (for the sum of all
 ranks' losses) are compared with lightning.reference.attn_naive on the whole sequence in
-fp64. Bad input must raise on every rank, after which the group still works. Every spawn
-has a deadline: a hang fails the test and its processes are killed.
+fp64. Bad input must raise on every rank, after which the group still works. The same
+processes run the sequence-parallel LM under DDP, examples/train_sequence_parallel.py --check
+and benchmarks/bench_sequence_parallel.py --smoke. Every spawn has a deadline: a hang fails
+the test and its processes are killed.
 """
 
 import json
@@ -219,6 +221,20 @@ def _run_bench_smoke(out_dir: str):
             "model": [r["model"]["label"] for r in result["rows"] if "model" in r]}
 
 
+def _run_example(world: int):
+    """examples/train_sequence_parallel.py --check, a few steps with unequal chunks: its exit
+    status (0: every step's loss matched one process training the whole batch)."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "examples"))
+    import train_sequence_parallel
+
+    return train_sequence_parallel.main(["--check", "--device", "cpu", "--steps", "3",
+                                         "--seq-len", "48", "--batch", "2", "--uneven",
+                                         "--corpus-bytes", "65536"])
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str, cases, seed: int):
     results = {}
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -229,6 +245,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, cases, seed: in
         jobs += [(f"error {w}", lambda w=w: _run_error_case(w, rank, world)) for w in ERROR_CASES]
         jobs += [("after errors", lambda: _run_case(Case(**cases[0]), rank, seed + 1)),
                  ("lm", lambda: _run_lm(rank, world, seed))]
+        jobs.append(("example", lambda: _run_example(world)))
         if world == 2:
             jobs.append(("bench smoke", lambda: _run_bench_smoke(out_dir)))
         for name, job in jobs:
@@ -330,6 +347,11 @@ def test_lm_under_ddp_matches_one_process(ranks):
     for r, errs in enumerate(_ok(results, "lm")):
         worst = max(errs, key=errs.get)
         assert errs[worst] <= BAR[F64], f"rank {r}: {worst} relative error {errs[worst]:.2e}"
+
+
+def test_example_matches_one_process(ranks):
+    world, results = ranks
+    assert _ok(results, "example") == [0] * world
 
 
 def test_benchmark_smoke(ranks):
