@@ -65,7 +65,7 @@ CASES = {
     ],
 }
 
-# Each rank's deviation from a good call, by error case; `None` = as the good call.
+# What goes wrong, on one rank or between ranks (see _run_error_case).
 ERROR_CASES = ("heads", "head dim D", "head dim E", "dtype", "options", "empty chunk",
                "bad k on one rank")
 
@@ -92,7 +92,10 @@ def _to_layout(t, layout):
 
 
 def _run_case(case: Case, rank: int, seed: int):
-    """This rank's relative errors against the fp64 reference, by name."""
+    """This rank's relative errors against the fp64 reference, by name, and a digest of its
+    final state (None without one)."""
+    import hashlib
+
     import lightning.distributed
     from lightning.reference import attn_naive
 
@@ -133,7 +136,8 @@ def _run_case(case: Case, rank: int, seed: int):
         errs[name] = rel_err(_to_layout(mine.grad, case.layout), ref.grad[:, :, lo:hi])
     if case.init and case.init_grad:
         errs["d_initial_state"] = rel_err(s0l.grad, s0r.grad)
-    return errs
+    digest = hashlib.sha256(final.detach().numpy().tobytes()).hexdigest() if case.final else None
+    return errs, digest
 
 
 def _run_error_case(which: str, rank: int, world: int):
@@ -309,12 +313,15 @@ def test_matches_whole_sequence(ranks):
     failures = []
     for case in CASES[world]:
         bar = BAR[BF16 if case.autocast else getattr(torch, case.dtype)]
-        for r, errs in enumerate(_ok(results, f"case {case.name}")):
+        found = _ok(results, f"case {case.name}")
+        for r, (errs, _) in enumerate(found):
             failures += [f"{case.name} rank {r} {k}: {x:.2e} > {bar:.0e}"
                          for k, x in errs.items() if not x <= bar]
             expected = {"o", "dq", "dk", "dv"} | ({"final"} if case.final else set()) | (
                 {"d_initial_state"} if case.init and case.init_grad else set())
             assert set(errs) == expected, (case.name, sorted(errs))
+        # the final state is the same on every rank, bit for bit
+        assert len({digest for _, digest in found}) == 1, case.name
     assert not failures, "\n".join(failures)
 
 
@@ -338,7 +345,7 @@ def test_bad_input_raises_on_every_rank(ranks, which):
 def test_group_works_after_errors(ranks):
     world, results = ranks
     bar = BAR[getattr(torch, CASES[world][0].dtype)]
-    for errs in _ok(results, "after errors"):
+    for errs, _ in _ok(results, "after errors"):
         assert max(errs.values()) <= bar, errs
 
 
