@@ -361,10 +361,9 @@ def test_example_matches_one_process(ranks):
     assert _ok(results, "example") == [0] * world
 
 
+@pytest.mark.parametrize("ranks", [2], indirect=True)  # it rides on the 2-rank spawn
 def test_benchmark_smoke(ranks):
-    world, results = ranks
-    if world != 2:
-        pytest.skip("the benchmark's smoke run rides on the 2-rank spawn")
+    _, results = ranks
     first, second = _ok(results, "bench smoke")
     assert first["rows"] == {"compute": 2, "parallel": 2} and first["json"], first
     assert all(label.startswith("model") for label in first["model"]) and first["model"]
