@@ -12,6 +12,7 @@ the test and its processes are killed.
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Tuple
@@ -65,6 +66,14 @@ CASES = {
     ],
 }
 
+# On CUDA with NCCL (one process a GPU, up to 2): the CUDA paths of the same code.
+def cuda_cases(world: int):
+    lengths = {1: (70,), 2: (30, 40)}[world]
+    return [Case("cuda-bf16-init-final-bnhd", lengths, dtype="bfloat16", d=64, e=64, init=True,
+                 final=True, layout="bnhd"),
+            Case("cuda-fp32-final", lengths, e=32, final=True)]
+
+
 # What goes wrong, on one rank or between ranks (see _run_error_case).
 ERROR_CASES = ("heads", "head dim D", "head dim E", "dtype", "options", "empty chunk",
                "bad k on one rank")
@@ -91,9 +100,9 @@ def _to_layout(t, layout):
     return t.transpose(1, 2) if layout == "bnhd" else t
 
 
-def _run_case(case: Case, rank: int, seed: int):
-    """This rank's relative errors against the fp64 reference, by name, and a digest of its
-    final state (None without one)."""
+def _run_case(case: Case, rank: int, seed: int, device: str = "cpu"):
+    """This rank's relative errors against the fp64 reference (on the CPU), by name, and a
+    digest of its final state (None without one)."""
     import hashlib
 
     import lightning.distributed
@@ -108,17 +117,20 @@ def _run_case(case: Case, rank: int, seed: int):
 
     # This rank: its chunk, as leaves in the case's layout and dtype.
     def leaf(t):
-        return _to_layout(t[:, :, lo:hi], case.layout).to(dtype).contiguous().requires_grad_()
+        t = _to_layout(t[:, :, lo:hi], case.layout).to(device=device, dtype=dtype)
+        return t.contiguous().requires_grad_()
 
     ql, kl, vl = leaf(q), leaf(k), leaf(v)
-    s0l = None if s0 is None else s0.clone().requires_grad_(case.init_grad)
+    s0l = None if s0 is None else s0.to(device, copy=True).requires_grad_(case.init_grad)
+    slope_here = None if slope is None else slope.to(device)
     with torch.autocast("cpu", dtype=BF16, enabled=case.autocast):
-        o, final = lightning.distributed.attn(ql, kl, vl, slope, scale=0.7, initial_state=s0l,
-                                              output_final_state=case.final, layout=case.layout)
+        o, final = lightning.distributed.attn(ql, kl, vl, slope_here, scale=0.7,
+                                              initial_state=s0l, output_final_state=case.final,
+                                              layout=case.layout)
     assert o.dtype == seen and ql.grad is None
-    loss = (_to_layout(o, case.layout).double() * w_out[:, :, lo:hi]).sum()
+    loss = (_to_layout(o, case.layout).double() * w_out[:, :, lo:hi].to(device)).sum()
     if case.final:
-        loss = loss + (final.double() * w_final[rank]).sum()
+        loss = loss + (final.double() * w_final[rank].to(device)).sum()
     loss.backward()
 
     # The reference: the whole sequence, the sum of every rank's loss.
@@ -136,7 +148,8 @@ def _run_case(case: Case, rank: int, seed: int):
         errs[name] = rel_err(_to_layout(mine.grad, case.layout), ref.grad[:, :, lo:hi])
     if case.init and case.init_grad:
         errs["d_initial_state"] = rel_err(s0l.grad, s0r.grad)
-    digest = hashlib.sha256(final.detach().numpy().tobytes()).hexdigest() if case.final else None
+    digest = (hashlib.sha256(final.detach().cpu().numpy().tobytes()).hexdigest()
+              if case.final else None)
     return errs, digest
 
 
@@ -239,18 +252,28 @@ def _run_example(world: int):
                                          "--corpus-bytes", "65536"])
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str, cases, seed: int):
+def _worker(rank: int, world: int, init_file: str, out_dir: str, cases, seed: int,
+            backend: str):
+    """One rank: the cases, then (gloo) the error cases, the LM, the example and the
+    benchmark, each caught and reported; results go to out_dir/rank<r>.json."""
     results = {}
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+    device = "cpu"
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
                             world_size=world, timeout=timedelta(seconds=SPAWN_TIMEOUT_S // 2))
     try:
         torch.set_num_threads(1)
-        jobs = [(f"case {c['name']}", lambda c=c: _run_case(Case(**c), rank, seed)) for c in cases]
-        jobs += [(f"error {w}", lambda w=w: _run_error_case(w, rank, world)) for w in ERROR_CASES]
-        jobs += [("after errors", lambda: _run_case(Case(**cases[0]), rank, seed + 1)),
-                 ("lm", lambda: _run_lm(rank, world, seed))]
-        jobs.append(("example", lambda: _run_example(world)))
-        if world == 2:
+        jobs = [(f"case {c['name']}", lambda c=c: _run_case(Case(**c), rank, seed, device))
+                for c in cases]
+        if backend == "gloo":
+            jobs += [(f"error {w}", lambda w=w: _run_error_case(w, rank, world))
+                     for w in ERROR_CASES]
+            jobs += [("after errors", lambda: _run_case(Case(**cases[0]), rank, seed + 1)),
+                     ("lm", lambda: _run_lm(rank, world, seed)),
+                     ("example", lambda: _run_example(world))]
+        if backend == "gloo" and world == 2:
             jobs.append(("bench smoke", lambda: _run_bench_smoke(out_dir)))
         for name, job in jobs:
             try:
@@ -265,18 +288,19 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, cases, seed: in
 
 # ------------------------------------------------------------------------------ in pytest
 
-def _spawn(world: int, tmp_dir: str, seed: int):
-    """Runs every case on `world` processes; returns [results of rank r]. Kills the processes
-    and fails if they do not finish by the deadline."""
+def _spawn(world: int, tmp_dir: str, seed: int, cases, backend: str = "gloo"):
+    """Runs the cases (and with gloo everything else) on `world` processes; returns [results
+    of rank r]. Kills the processes and fails if they do not finish by the deadline."""
     ctx = mp.get_context("spawn")
-    cases = [asdict(c) for c in CASES[world]]
     init_file = os.path.join(tmp_dir, "init")
-    procs = [ctx.Process(target=_worker, args=(r, world, init_file, tmp_dir, cases, seed))
+    procs = [ctx.Process(target=_worker, args=(r, world, init_file, tmp_dir,
+                                                [asdict(c) for c in cases], seed, backend))
              for r in range(world)]
     for p in procs:
         p.start()
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
     for p in procs:
-        p.join(SPAWN_TIMEOUT_S)
+        p.join(max(0.0, deadline - time.monotonic()))
     hung = [r for r, p in enumerate(procs) if p.is_alive()]
     for r in hung:
         procs[r].kill()
@@ -298,7 +322,8 @@ _RESULTS = {}
 def ranks(request, tmp_path_factory):
     world = request.param
     if world not in _RESULTS:
-        _RESULTS[world] = _spawn(world, str(tmp_path_factory.mktemp(f"world{world}")), seed=world)
+        _RESULTS[world] = _spawn(world, str(tmp_path_factory.mktemp(f"world{world}")), world,
+                                 CASES[world])
     return world, _RESULTS[world]
 
 
@@ -308,10 +333,9 @@ def _ok(results, name):
     return [res[name]["ok"] for res in results]
 
 
-def test_matches_whole_sequence(ranks):
-    world, results = ranks
+def _check_cases(cases, results):
     failures = []
-    for case in CASES[world]:
+    for case in cases:
         bar = BAR[BF16 if case.autocast else getattr(torch, case.dtype)]
         found = _ok(results, f"case {case.name}")
         for r, (errs, _) in enumerate(found):
@@ -323,6 +347,20 @@ def test_matches_whole_sequence(ranks):
         # the final state is the same on every rank, bit for bit
         assert len({digest for _, digest in found}) == 1, case.name
     assert not failures, "\n".join(failures)
+
+
+def test_matches_whole_sequence(ranks):
+    world, results = ranks
+    _check_cases(CASES[world], results)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(),
+                    reason="needs a CUDA GPU and NCCL")
+def test_cuda_nccl_matches_whole_sequence(tmp_path):
+    world = min(2, torch.cuda.device_count())
+    cases = cuda_cases(world)
+    _check_cases(cases, _spawn(world, str(tmp_path), 7, cases, backend="nccl"))
 
 
 @pytest.mark.parametrize("which", ERROR_CASES)
