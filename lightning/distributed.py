@@ -57,7 +57,8 @@ _SIDE_STREAMS = {}                         # CUDA device -> stream that reads me
 def _matmul_fp32(a: Tensor, b: Tensor) -> Tensor:
     """a @ b over the last two dims of (B, H, X, L) and (B, H, L, Y), accumulated and returned
     in fp32, never rounded to 16 bits: for 16-bit inputs cuBLAS's fp32 output on CUDA (tensor
-    cores), the fp32 product of the same values elsewhere; fp64 inputs multiply in fp64."""
+    cores), the fp32 product of the same values elsewhere; fp64 inputs multiply in fp64. fp32
+    inputs on CUDA follow torch.backends.cuda.matmul.allow_tf32 (off by default)."""
     if a.dtype in (torch.float16, torch.bfloat16):
         if a.is_cuda:
             out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]),
