@@ -271,6 +271,11 @@ class LightningLM(nn.Module):
         """Continues prompt ((B, N) or (N,) int64, N >= 1) by max_new_tokens tokens: one
         prefill call over the prompt, then one decode step per token. Greedy (argmax) by
         default, else sampling at `temperature`. Returns prompt and continuation, (B, N + T)."""
+        if any(getattr(block.attn, "sequence_parallel_group", None) is not None
+               for block in self.blocks):
+            raise ValueError("LightningLM.generate runs on one process: with a "
+                             "sequence_parallel_group each rank would see only its chunk's "
+                             "logits; generate with a model that has none")
         squeeze = prompt.dim() == 1
         tokens = prompt.unsqueeze(0) if squeeze else prompt
         if tokens.shape[1] < 1:
