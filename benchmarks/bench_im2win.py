@@ -1,7 +1,7 @@
 """im2win.conv2d against cuDNN (torch.nn.functional.conv2d, cudnn.benchmark=True), in one run.
 
 Layers: the im2win GPU paper's 12 layers (batch 128, no padding) and nine ResNet-50 layers
-(batch 64, with their padding); BENCHMARKS.md lists both with today's cuDNN figures.
+(batch 64, with their padding); the targets are in benchmarks/README.md section 3.
 Columns ("precisions"):
   fp32      exact fp32: torch.backends.cudnn.allow_tf32 = False (and cuda.matmul) for both
   tf32      TF32 allowed (allow_tf32 = True) for both
@@ -10,11 +10,15 @@ Columns ("precisions"):
   fp32_fb   fp32 exact, one forward + one backward (input and weight gradients); the json
             also has each gradient's backward alone (ms_dgrad, ms_wgrad), to see which one
             a slow fwd+bwd comes from
-TFLOP/s = 2*N*K*Ho*Wo*(C/groups)*FH*FW / time (x3 for fp32_fb: forward, dgrad, wgrad),
-transform included for ours. Memory: peak allocated during the call beyond what existed
-before it, minus the output (and for fp32_fb the two gradients): workspaces and window
+  tf32_fb, bf16_cl_fb   the same in TF32 and in bf16 channels_last
+TFLOP/s = 2*N*K*Ho*Wo*(C/groups)*FH*FW / time (x3 for the *_fb columns: forward, dgrad,
+wgrad), transform included for ours. Memory: peak allocated during the call beyond what
+existed before it, minus the output (and for *_fb the two gradients): workspaces and window
 tensors only. "err" is ours' relative difference from cuDNN's output in the same precision.
 Speedup = t_cudnn / t_ours (> 1: ours faster); geometric means per column.
+
+Section r50step (resnet_step.py): whole ResNet-50 training steps, converted against native,
+in fp32, TF32, bf16 autocast and fp16 autocast + GradScaler.
 """
 
 import argparse
@@ -32,6 +36,8 @@ common.put_checkout_first()
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+import resnet_step  # noqa: E402
 
 # name, C, H, W, K, FH(=FW), stride, padding
 PAPER = [
@@ -61,7 +67,7 @@ RESNET = [
     ("r50.layer4.3x3", 512, 7, 7, 512, 3, 1, 1),
 ]
 RESNET_BATCH = 64
-PRECISIONS = ("fp32", "tf32", "bf16", "bf16_cl", "fp32_fb")
+PRECISIONS = ("fp32", "tf32", "bf16", "bf16_cl", "fp32_fb", "tf32_fb", "bf16_cl_fb")
 QUICK_LAYERS = ("conv1", "conv5", "conv8", "conv10")
 QUICK_PRECISIONS = ("fp32", "bf16_cl", "fp32_fb")
 
@@ -117,10 +123,11 @@ def run_layer(layer, batch, group, impls, args, budget):
                       "tflops": None, "extra_mib": None, "err_vs_cudnn": None, "error": "skipped: time budget"}
                      for i in impls]
             continue
-        set_tf32(prec == "tf32")
-        dtype = torch.bfloat16 if prec.startswith("bf16") else torch.float32
-        fmt = torch.channels_last if prec == "bf16_cl" else torch.contiguous_format
-        fb = prec == "fp32_fb"
+        fb = prec.endswith("_fb")
+        base = prec[: -len("_fb")] if fb else prec
+        set_tf32(base == "tf32")
+        dtype = torch.bfloat16 if base.startswith("bf16") else torch.float32
+        fmt = torch.channels_last if base == "bf16_cl" else torch.contiguous_format
         g = torch.Generator(device=dev).manual_seed(zlib.crc32(f"{name}/{prec}".encode()))
         x = torch.randn(batch, c, h, w, device=dev, dtype=dtype, generator=g).contiguous(memory_format=fmt)
         wt = (torch.randn(k, c, f, f, device=dev, dtype=dtype, generator=g) / math.sqrt(c * f * f)
@@ -222,7 +229,7 @@ def print_summary(result):
         layers = [key for key in by if key[0] == group]
         if not layers:
             continue
-        print(f"\n== {group}: TFLOP/s ours / cuDNN (speedup), fwd+bwd for fp32_fb")
+        print(f"\n== {group}: TFLOP/s ours / cuDNN (speedup), fwd+bwd for *_fb")
         table = []
         for key in layers:
             cells = [key[1]]
@@ -242,6 +249,22 @@ def print_summary(result):
         table.append(["geomean"] + [f"{gm[p]['geomean_speedup']:.2f}x" if p in gm else "-" for p in precs]
                      + ["", ""])
         common.print_table(["layer"] + precs + ["fp32 MiB o/c", "max err"], table)
+    step = result.get("r50step")
+    if step:
+        print("\n== ResNet-50 training step: ms native / ours (speedup), peak MiB native / ours")
+        by = {}
+        for r in step["rows"]:
+            by.setdefault(r["mode"], {})[r["impl"]] = r
+        common.print_table(["mode", "ms", "img/s", "peak MiB", "first loss diff"], [
+            [mode, f"{common.fmt(d.get('cudnn', {}).get('ms'))} / {common.fmt(d.get('ours', {}).get('ms'))}"
+                   + (f" ({step['speedup'][mode]:.2f}x)" if mode in step["speedup"] else ""),
+             f"{common.fmt(d.get('cudnn', {}).get('images_per_s'), 0)} / "
+             f"{common.fmt(d.get('ours', {}).get('images_per_s'), 0)}",
+             f"{common.fmt(d.get('cudnn', {}).get('peak_mib'), 0)} / "
+             f"{common.fmt(d.get('ours', {}).get('peak_mib'), 0)}",
+             common.fmt(d.get("ours", {}).get("first_loss_rel_diff"))]
+            for mode, d in by.items()])
+        rows = rows + step["rows"]
     errors = sorted({(r["impl"], r["error"]) for r in rows if r.get("error")})
     if errors:
         print("\nerrors: " + "; ".join(f"{i}: {e}" for i, e in errors[:6]))
@@ -253,8 +276,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help=f"layers {','.join(QUICK_LAYERS)} and precisions {','.join(QUICK_PRECISIONS)}")
-    p.add_argument("--only", default="paper,resnet",
-                   help="comma-separated: 'paper', 'resnet' and/or layer names (conv4, r50.layer1.3x3)")
+    p.add_argument("--only", default="paper,resnet,r50step",
+                   help="comma-separated: 'paper', 'resnet', 'r50step' (ResNet-50 training steps) "
+                        "and/or layer names (conv4, r50.layer1.3x3)")
     p.add_argument("--precisions", default=None, help=f"comma-separated out of {','.join(PRECISIONS)}")
     p.add_argument("--impls", default="cudnn,ours")
     p.add_argument("--out", default=common.RESULTS_DIR, help="folder for im2win.json (also copied to $OUT)")
@@ -262,6 +286,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda")
     p.add_argument("--paper-batch", type=int, default=PAPER_BATCH)
     p.add_argument("--resnet-batch", type=int, default=RESNET_BATCH)
+    p.add_argument("--step-batch", type=int, default=64, help="r50step: images a step")
+    p.add_argument("--step-size", type=int, default=224, help="r50step: image height and width")
+    p.add_argument("--step-modes", default=",".join(resnet_step.MODES),
+                   help=f"r50step: comma-separated out of {','.join(resnet_step.MODES)}")
     p.add_argument("--warmup", type=float, default=None, help="do_bench warm-up, ms")
     p.add_argument("--rep", type=float, default=None, help="do_bench repeat, ms")
     p.add_argument("--budget-s", type=float, default=300.0,
@@ -273,9 +301,14 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     names = {l[0] for l in PAPER + RESNET}
-    bad = [x for x in only if x not in ("paper", "resnet") and x not in names]
+    bad = [x for x in only if x not in ("paper", "resnet", "r50step") and x not in names]
     if bad:
-        p.error(f"--only: unknown {bad}; use paper, resnet or layer names {sorted(names)}")
+        p.error(f"--only: unknown {bad}; use paper, resnet, r50step or layer names {sorted(names)}")
+    args.r50step = "r50step" in only
+    args.step_modes = [x.strip() for x in args.step_modes.split(",") if x.strip()]
+    bad = [x for x in args.step_modes if x not in resnet_step.MODES]
+    if bad:
+        p.error(f"--step-modes: unknown {bad}; choose from {resnet_step.MODES}")
     layers = []
     for group, table, batch in (("paper", PAPER, args.paper_batch), ("resnet", RESNET, args.resnet_batch)):
         for layer in table:
@@ -319,6 +352,8 @@ def main(argv=None):
         "bench": "im2win",
         "meta": common.metadata(dev),
         "config": {"precisions": args.precisions, "quick": args.quick, "warmup": args.warmup,
+                   "step_batch": args.step_batch, "step_size": args.step_size,
+                   "step_modes": args.step_modes if args.r50step else [],
                    "rep": args.rep, "paper_batch": args.paper_batch, "resnet_batch": args.resnet_batch,
                    "cudnn_benchmark": True, "impls": list(impls)},
         "import_errors": errors,
@@ -327,11 +362,16 @@ def main(argv=None):
             "extra_mib": "peak allocated during the call minus the output (and the input and weight "
                          "gradients for fp32_fb): workspaces and window tensors",
             "speedup": "t_cudnn / t_ours",
+            "r50step_flop": "3 x 2 x 4.089 GMAC an image at 224 x 224, scaled by (size / 224)^2",
         },
         "rows": [],
     }
     if args.merge:  # the geomeans below cover the merged rows too
-        common.merge_earlier(result, args.merge, lambda r: r.get("precision"), args.precisions)
+        earlier = common.merge_earlier(result, args.merge, lambda r: r.get("precision"),
+                                       args.precisions)
+        if not args.r50step and earlier.get("r50step"):
+            result["r50step"] = dict(earlier["r50step"], meta=earlier["r50step"].get("meta")
+                                     or earlier.get("meta"))
     print(f"[bench_im2win] {result['meta'].get('gpu')} torch {torch.__version__} impls={list(impls)} "
           f"layers={len(args.layers)} precisions={args.precisions}", flush=True)
     for i, (group, batch, layer) in enumerate(args.layers):
@@ -345,6 +385,10 @@ def main(argv=None):
         result["elapsed_s"] = budget.elapsed()
         if i % 4 == 3 or i == len(args.layers) - 1:
             common.write_json(args.name, result, args.out)
+    if args.r50step:
+        step_rows = resnet_step.run(args, budget)
+        result["r50step"] = {"rows": step_rows, "speedup": resnet_step.speedups(step_rows),
+                             "meta": result["meta"]}
     path = common.write_json(args.name, result, args.out)
     print_summary(result)
     print(f"\n[bench_im2win] total {budget.elapsed():.0f} s -> {path}", flush=True)

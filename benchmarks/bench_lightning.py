@@ -1,4 +1,4 @@
-"""lightning.attn against its peers, in one run (DESIGN.md section 5, BENCHMARKS.md).
+"""lightning.attn against its peers, in one run (DESIGN.md section 5, benchmarks/README.md).
 
 Peers (each optional: a missing or failing one gives null entries, never a crash):
   fla         fla.ops.simple_gla.chunk_simple_gla(q, k, v, g_gamma=-slope, scale=1.0)
@@ -44,7 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 
 BLOCK = 64
 # Run order: the headline first; accuracy last, since FLA autotunes its fp32 kernels there
-# (about 280 s on a bare H200, which once ate a whole --budget-s before fwd ran).
+# for minutes, which would otherwise use up --budget-s before the headline sections run.
 SECTIONS = ("fwd", "decode", "constant", "dims", "accuracy")
 
 
@@ -541,8 +541,8 @@ def parse_args(argv=None):
                    help="wall-clock budget: measurements past it are skipped (0 = none)")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     p.add_argument("--merge", default=None, metavar="JSON",
-                   help="keep this earlier run's rows of the sections not run now (a long benchmark split "
-                        "across device calls); every ratio still compares rows of one run")
+                   help="keep this earlier run's rows of the sections not run now (a long benchmark run in "
+                        "parts); every ratio still compares rows of one run")
     args = p.parse_args(argv)
 
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]

@@ -104,8 +104,10 @@ def cxx_flags():
 def nvcc_flags(arch_list):
     """The CUDA kernels' flags besides optimisation, for a TORCH_CUDA_ARCH_LIST-style
     `arch_list` (as default_arch_list() returns it)."""
-    del arch_list  # the flags are the same for every architecture list so far
-    return ["--expt-relaxed-constexpr", "-Xptxas=-warn-spills", "--use_fast_math"]
+    flags = ["--expt-relaxed-constexpr", "-Xptxas=-warn-spills", "--use_fast_math"]
+    if "9.0a" in arch_list.split(";"):
+        flags.append("-DIM2WIN_HAS_SM90A")  # the host planner may choose the wgmma kernels
+    return flags
 
 
 def compile_args(with_cuda, debug=False):

@@ -59,11 +59,16 @@ class ReferenceAttention(LightningAttention):
 
 def build_lm(vocab_size: int = 256, embed_dim: int = 128, num_heads: int = 4,
              num_layers: int = 2, head_dim: Optional[int] = None, reference: bool = False,
-             device=None, dtype=None) -> LightningLM:
-    """LightningLM; reference=True gives the same model with plain-PyTorch attention."""
+             sequence_parallel_group=None, device=None, dtype=None) -> LightningLM:
+    """LightningLM; reference=True gives the same model with plain-PyTorch attention. With a
+    sequence_parallel_group every forward's sequence is split over that group's ranks."""
+    if reference and sequence_parallel_group is not None:
+        raise ValueError("build_lm: the plain-PyTorch reference attention runs on one process; "
+                         "it takes no sequence_parallel_group")
     return LightningLM(vocab_size, embed_dim, num_heads, num_layers, head_dim=head_dim,
                        attention_cls=ReferenceAttention if reference else LightningAttention,
-                       device=device, dtype=dtype)
+                       sequence_parallel_group=sequence_parallel_group, device=device,
+                       dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------

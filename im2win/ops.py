@@ -67,8 +67,11 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride:
     For float32 on CUDA the kernels may use TF32 tensor cores exactly when
     torch.backends.cudnn.allow_tf32 allows cuDNN to; otherwise the result is exact fp32
     (three TF32 products per term). On Hopper GPUs (built for sm_90a) the float32 forward
-    and the stride-1 input gradient run on a channels-last copy of the input (of
-    grad_output) and of the weight: temporary memory of about the input's size.
+    and the stride-1 input gradient of one group run on warpgroup tensor cores (wgmma),
+    through a channels-last copy of an NCHW input (of grad_output) and of the weight:
+    temporary memory of about the input's size. The same kernel's float16 and bfloat16 forms
+    are opt-in for now (environment variable IM2WIN_WGMMA_16BIT=1, read once per process);
+    they need no copy for channels_last tensors whose C is a multiple of 8.
     """
     fn = "im2win.conv2d"
     input, unbatched = _batched(input, fn)

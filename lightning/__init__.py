@@ -15,6 +15,6 @@ except ModuleNotFoundError:  # a checkout without a build: compile the same sour
     __import__("build_config").jit_load(__name__)
 
 from .ops import attn, attn_decode, build_slopes  # noqa: E402
-from . import nn  # noqa: E402,F401
+from . import distributed, nn  # noqa: E402,F401
 
-__all__ = ["attn", "attn_decode", "build_slopes", "nn"]
+__all__ = ["attn", "attn_decode", "build_slopes", "distributed", "nn"]

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed
 from .ops import attn, attn_decode, build_slopes
 
 __all__ = ["RMSNorm", "GLU", "LightningAttention", "LightningBlock", "LightningLM"]
@@ -85,11 +86,19 @@ class LightningAttention(nn.Module):
         gradients through that step, it runs through lightning.attn instead and returns a new
         state, leaving `state` as it was.
     Returns y, or (y, state) when output_state is True.
+
+    Sequence parallelism: with a process group in `sequence_parallel_group` (a constructor
+    argument, or set the attribute later), every rank of the group passes its own chunk of
+    the sequence (in the group's rank order) and the attention runs through
+    lightning.distributed.attn; `state` is then the state before the whole sequence and the
+    returned one the state after it, the same on every rank. Decode steps stay local: each
+    rank continues that state by itself. Everything else in the layer works token by token.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, layer_idx: int = 0, num_layers: int = 1,
                  head_dim: Optional[int] = None, bias: bool = False, gate: str = "sigmoid",
-                 norm_eps: float = 1e-6, scale: float = 1.0, device=None, dtype=None):
+                 norm_eps: float = 1e-6, scale: float = 1.0, sequence_parallel_group=None,
+                 device=None, dtype=None):
         super().__init__()
         if head_dim is None:
             if embed_dim % num_heads != 0:
@@ -108,6 +117,7 @@ class LightningAttention(nn.Module):
         self.num_layers = num_layers
         self.gate = gate
         self.scale = scale
+        self.sequence_parallel_group = sequence_parallel_group
         inner = num_heads * head_dim
         factory = {"device": device, "dtype": dtype}
         self.qkv_proj = nn.Linear(embed_dim, 3 * inner, bias=bias, **factory)
@@ -136,6 +146,10 @@ class LightningAttention(nn.Module):
         if state is not None and q.shape[1] == 1 and not needs_grad:
             o = attn_decode(q, k, v, state, self.slope, scale=self.scale, layout="bnhd")
             return o, state
+        if self.sequence_parallel_group is not None:
+            return distributed.attn(q, k, v, self.slope, group=self.sequence_parallel_group,
+                                    scale=self.scale, initial_state=state,
+                                    output_final_state=output_state, layout="bnhd")
         return attn(q, k, v, self.slope, scale=self.scale, initial_state=state,
                     output_final_state=output_state, layout="bnhd")
 
@@ -190,12 +204,19 @@ class LightningLM(nn.Module):
     forward(tokens (B, N) int64, states=None, output_states=False) -> logits (B, N, V), or
     (logits, states) with one fp32 state per layer. generate() prefills the prompt in one
     forward and decodes each new token in O(1) per layer.
+
+    sequence_parallel_group: a process group over which every forward's sequence is split
+    (see LightningAttention): each rank passes its own chunk of the tokens and gets its
+    chunk's logits. Each rank's parameter gradients are then its tokens' part, to be summed
+    over the group: DDP over all ranks does that when each rank's loss is its tokens' summed
+    loss times P / (tokens per replica), as examples/train_sequence_parallel.py shows.
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, num_heads: int, num_layers: int,
                  head_dim: Optional[int] = None, hidden_dim: Optional[int] = None,
                  bias: bool = False, norm_eps: float = 1e-6, tie_weights: bool = True,
-                 attention_cls=LightningAttention, device=None, dtype=None):
+                 attention_cls=LightningAttention, sequence_parallel_group=None, device=None,
+                 dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.vocab_size = vocab_size
@@ -211,6 +232,9 @@ class LightningLM(nn.Module):
         self.reset_parameters()
         if tie_weights:
             self.head.weight = self.embed.weight
+        if sequence_parallel_group is not None:
+            for block in self.blocks:
+                block.attn.sequence_parallel_group = sequence_parallel_group
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -247,6 +271,11 @@ class LightningLM(nn.Module):
         """Continues prompt ((B, N) or (N,) int64, N >= 1) by max_new_tokens tokens: one
         prefill call over the prompt, then one decode step per token. Greedy (argmax) by
         default, else sampling at `temperature`. Returns prompt and continuation, (B, N + T)."""
+        if any(getattr(block.attn, "sequence_parallel_group", None) is not None
+               for block in self.blocks):
+            raise ValueError("LightningLM.generate runs on one process: with a "
+                             "sequence_parallel_group each rank would see only its chunk's "
+                             "logits; generate with a model that has none")
         squeeze = prompt.dim() == 1
         tokens = prompt.unsqueeze(0) if squeeze else prompt
         if tokens.shape[1] < 1:

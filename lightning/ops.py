@@ -78,23 +78,43 @@ def attn(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor] = None, *, sca
 
 def attn_decode(q: Tensor, k: Tensor, v: Tensor, state: Tensor, slope: Optional[Tensor] = None,
                 *, scale: float = 1.0, layout: str = "bhnd") -> Tensor:
-    """One decode step per sequence: state = lambda state + k v^T (in place), o = scale state^T q.
+    """Decode steps continuing from `state`, updated in place: per token, state = lambda state
+    + k v^T, o = scale state^T q.
 
-    q, k: (B, H, D), or 4-D with one token ((B, H, 1, D) for "bhnd", (B, 1, H, D) for "bnhd");
-    v likewise with E; state: (B, H, D, E) fp32 contiguous, the convention of attn's final
-    state, so a prefill's final_state continues here. Returns o shaped like v.
+    q, k: (B, H, D) for one token per sequence, or 4-D with T >= 1 tokens ((B, H, T, D) for
+    "bhnd", (B, T, H, D) for "bnhd"), e.g. the draft tokens of speculative decoding; v likewise
+    with E; state: (B, H, D, E) fp32 contiguous, the convention of attn's final state, so a
+    prefill's final_state continues here. Returns o shaped like v. One token runs the decode
+    kernel; several run the prefill kernel from `state` and copy its final state back. For
+    inference: no gradient flows into `state`.
     """
-    _check_layout(layout, "lightning.attn_decode")
-    token_dim = None
-    if q.dim() == 4:
-        token_dim = 2 if layout == "bhnd" else 1
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if t.dim() != 4 or t.shape[token_dim] != 1:
-                raise ValueError(f"lightning.attn_decode: {name} must hold one token along dim "
-                                 f"{token_dim}, got shape {tuple(t.shape)}")
-        q, k, v = q.squeeze(token_dim), k.squeeze(token_dim), v.squeeze(token_dim)
-    o = torch.ops.lightning.attn_decode(q, k, v, state, slope, float(scale))
-    return o if token_dim is None else o.unsqueeze(token_dim)
+    fn = "lightning.attn_decode"
+    _check_layout(layout, fn)
+    if q.dim() != 4:
+        return torch.ops.lightning.attn_decode(q, k, v, state, slope, float(scale))
+    token_dim = 2 if layout == "bhnd" else 1
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{fn}: {name} must have 4 dimensions like q, got shape {tuple(t.shape)}")
+    tokens = q.shape[token_dim]
+    if k.shape[token_dim] != tokens or v.shape[token_dim] != tokens:
+        raise ValueError(f"{fn}: q, k and v must hold the same number of tokens along dim "
+                         f"{token_dim}, got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if tokens == 1:
+        o = torch.ops.lightning.attn_decode(q.squeeze(token_dim), k.squeeze(token_dim),
+                                            v.squeeze(token_dim), state, slope, float(scale))
+        return o.unsqueeze(token_dim)
+    heads_dim = 3 - token_dim
+    want = (q.shape[0], q.shape[heads_dim], q.shape[3], v.shape[3])
+    if state.dtype != torch.float32 or tuple(state.shape) != want or not state.is_contiguous():
+        raise ValueError(f"{fn}: state must be a contiguous float32 tensor of shape (B, H, D, E) = "
+                         f"{want}, got {state.dtype} of shape {tuple(state.shape)}"
+                         + ("" if state.is_contiguous() else " (not contiguous)"))
+    o, final_state = attn(q, k, v, slope, scale=scale, initial_state=state,
+                          output_final_state=True, layout=layout)
+    with torch.no_grad():
+        state.copy_(final_state)
+    return o
 
 
 def _empty_like_rows(t):

@@ -1,10 +1,13 @@
 """The benchmarks' bookkeeping that the README tables depend on: merging an earlier run's
 rows (bench_lightning / bench_im2win --merge) keeps what this run did not redo and says
-where each kept label came from. CPU only, no timing."""
+where each kept label came from; and bench_im2win run end to end at toy sizes on the CPU
+(its figures are not looked at, only its rows)."""
 
 import json
 import os
 import sys
+
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
@@ -58,3 +61,29 @@ def test_merge_by_precision(tmp_path):
     assert sorted(r["precision"] for r in now["rows"]) == ["bf16", "fp32", "tf32"]
     assert [r for r in now["rows"] if r["precision"] == "fp32"][0].get("new")
     assert now["merged"][0]["sections"] == ["bf16", "tf32"]
+
+
+def test_im2win_bench_smoke_on_cpu(tmp_path):
+    """bench_im2win end to end on the CPU at toy sizes: one layer in a forward and a
+    forward + backward column, and the ResNet-50 training-step section (needs torchvision)
+    in one mode per kind of step, both impls, the same first loss from the same weights."""
+    pytest.importorskip("torchvision")
+    import bench_im2win
+
+    bench_im2win.main(["--device", "cpu", "--only", "conv12,r50step", "--precisions",
+                       "fp32,bf16_cl_fb", "--paper-batch", "1", "--step-batch", "2",
+                       "--step-size", "64", "--step-modes", "fp32,bf16_cl", "--out",
+                       str(tmp_path), "--budget-s", "0", "--warmup", "1", "--rep", "1"])
+    result = json.loads((tmp_path / "im2win.json").read_text())
+    rows = {(r["precision"], r["impl"]): r for r in result["rows"]}
+    assert set(rows) == {(p, i) for p in ("fp32", "bf16_cl_fb") for i in ("cudnn", "ours")}
+    assert all(r["ms"] and not r["error"] for r in rows.values())
+    assert rows["fp32", "ours"]["err_vs_cudnn"] < 1e-5
+    assert rows["bf16_cl_fb", "ours"]["gflop"] == 3 * rows["fp32", "ours"]["gflop"]
+    step = result["r50step"]
+    assert {(r["mode"], r["impl"]) for r in step["rows"]} == {
+        (m, i) for m in ("fp32", "bf16_cl") for i in ("cudnn", "ours")}
+    assert all(r["ms"] and not r["error"] for r in step["rows"])
+    assert set(step["speedup"]) == {"fp32", "bf16_cl"}
+    fp32_diff = next(r for r in step["rows"] if r["mode"] == "fp32")["first_loss_rel_diff"]
+    assert fp32_diff < 1e-4  # BatchNorm over 2 images amplifies the convolutions' rounding

@@ -455,6 +455,37 @@ def test_decode_continues_prefill(device, dtype, form, prefill, slope_kind):
         assert_close(state, state_full, F32, "decode state vs one call")
 
 
+@pytest.mark.parametrize("dtype,layout", [(F32, "bhnd"), (BF16, "bnhd"), (F16, "bhnd")])
+def test_decode_several_tokens_a_call(device, dtype, layout):
+    """Speculative decoding's draft: T tokens a call continue the state as T one-token calls
+    do, in place, and match the fp64 reference."""
+    B, H, D, E, scale = 2, 3, 32, 48, 0.5
+    prefill, drafts = 40, (4, 1, 7)
+    N = prefill + sum(drafts)
+    q, k = randn(B, H, N, D, dtype=dtype, device=device), randn(B, H, N, D, dtype=dtype, device=device)
+    v = randn(B, H, N, E, dtype=dtype, device=device)
+    slope = make_slope("alibi", H, device)
+    _, state = lightning.attn(q[:, :, :prefill], k[:, :, :prefill], v[:, :, :prefill], slope,
+                              scale=scale, output_final_state=True)
+    state_ptr = state.data_ptr()
+
+    def as_layout(t):
+        return t if layout == "bhnd" else t.transpose(1, 2)
+
+    outs, start = [], prefill
+    for t in drafts:
+        poison_cuda_cache(device)
+        part = [as_layout(x[:, :, start:start + t]) for x in (q, k, v)]
+        o = lightning.attn_decode(*part, state, slope, scale=scale, layout=layout)
+        assert o.dtype == dtype and o.shape == part[2].shape
+        outs.append(o if layout == "bhnd" else o.transpose(1, 2))
+        start += t
+    assert state.data_ptr() == state_ptr, "attn_decode must update the state in place"
+    ref_o, ref_state = ref.attn_naive(*(x.to("cpu", F64) for x in (q, k, v)), slope.cpu(), scale)
+    assert_close(torch.cat(outs, dim=2), ref_o[:, :, prefill:], dtype, "decode o", tol=state_tol(dtype))
+    assert_close(state, ref_state, dtype, "decode state", tol=state_tol(dtype))
+
+
 # ---------------------------------------------------------------------------------------------
 # gradcheck, opcheck, torch.compile
 # ---------------------------------------------------------------------------------------------

@@ -249,8 +249,12 @@ def test_decode_bad_tokens(device):
     expect_error(ValueError, r"q must have 3 dimensions",
                  lambda: torch.ops.lightning.attn_decode(q[0], k, v, state, None, 1.0), q, k, v, state)
     two = torch.randn(B, H, 2, D, device=device)
-    expect_error(ValueError, r"q must hold one token",
-                 lambda: lightning.attn_decode(two, two, torch.randn(B, H, 2, E, device=device), state),
+    expect_error(ValueError, r"the same number of tokens",
+                 lambda: lightning.attn_decode(two, two, torch.randn(B, H, 3, E, device=device), state),
+                 two, state)
+    expect_error(ValueError, r"state must be a contiguous float32 tensor",
+                 lambda: lightning.attn_decode(two, two, torch.randn(B, H, 2, E, device=device),
+                                               state.transpose(-1, -2)),
                  two, state)
     expect_error(ValueError, r"k must have the shape of q",
                  lambda: lightning.attn_decode(q, k[:, :-1], v, state), q, k, v, state)

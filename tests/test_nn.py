@@ -158,6 +158,13 @@ def test_lm_generate_equals_full_recompute(device):
     assert sampled.shape == (2, 11) and int(sampled.max()) < 61
 
 
+def test_lm_generate_refuses_a_sequence_parallel_model():
+    lm = lnn.LightningLM(61, 64, 2, 2, head_dim=32, sequence_parallel_group=object())
+    assert all(b.attn.sequence_parallel_group is not None for b in lm.blocks)
+    with pytest.raises(ValueError, match="generate runs on one process"):
+        lm.generate(torch.zeros(1, 3, dtype=torch.long), 2)
+
+
 def test_lm_training_step_lowers_loss(device):
     lm = small_lm(device)
     tokens = torch.randint(0, 61, (4, 33), device=device)

@@ -4,48 +4,57 @@
 #include <ATen/ATen.h>
 #include <c10/util/intrusive_ptr.h>
 
-#include <array>
+#include <cstdint>
 #include <mutex>
-#include <optional>
+#include <unordered_map>
 
 namespace torch_utils {
 
 // Reading a CUDA tensor's values on the host waits for the device, and the GPU then idles
-// through the rest of the call's host work. (The H200 timings of lightning carry a constant
-// of ~45 us per forward and ~190 us per forward + backward, fitted over n; this
-// synchronisation in every call is the suspected cause.) Arguments such as decay slopes
-// are nearly always the same tensor call after call (a module buffer), so this remembers the
-// last few tensors whose values passed: the same tensor object at the same version is not
-// checked again. In-place writes, through any view, bump the version; a tensor freed and
-// another allocated at its address is another object. Inference tensors have no version,
-// so they are never remembered.
+// through the rest of the call's host work: a fixed cost in every call, large next to a
+// short kernel such as one decode step. Arguments such as decay slopes are nearly always the
+// same tensor call after call (one buffer per layer of a model, so as many tensors as
+// layers), so this remembers every tensor whose values passed, up to kMaxEntries alive at
+// once: the same tensor object at the same version is not checked again. In-place writes,
+// through any view, bump the version; a tensor freed and another allocated at its address
+// is another object. Inference tensors have no version counter: they are remembered by
+// identity alone, so an in-place write to one inside inference mode after it passed is not
+// seen.
 class PassedValueChecks {
  public:
   bool contains(const at::Tensor& t) {
-    if (t.is_inference()) return false;
     std::lock_guard<std::mutex> lock(mutex_);
-    for (const Entry& e : entries_)
-      if (e.impl && e.version == t._version() && e.impl->lock().get() == t.unsafeGetTensorImpl())
-        return true;
-    return false;
+    const auto it = entries_.find(t.unsafeGetTensorImpl());
+    return it != entries_.end() && it->second.version == version_of(t) &&
+           it->second.impl.lock().get() == t.unsafeGetTensorImpl();
   }
 
   void add(const at::Tensor& t) {
-    if (t.is_inference()) return;
     std::lock_guard<std::mutex> lock(mutex_);
-    entries_[next_] = Entry{Weak(t.getIntrusivePtr()), t._version()};
-    next_ = (next_ + 1) % kEntries;
+    if (entries_.size() >= kMaxEntries) forget_freed();
+    if (entries_.size() >= kMaxEntries) entries_.clear();
+    entries_.insert_or_assign(t.unsafeGetTensorImpl(),
+                              Entry{Weak(t.getIntrusivePtr()), version_of(t)});
   }
 
  private:
   using Weak = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
   struct Entry {
-    std::optional<Weak> impl;
-    int64_t version = -1;
+    Weak impl;
+    int64_t version;
   };
-  static constexpr int kEntries = 8;
-  std::array<Entry, kEntries> entries_;
-  int next_ = 0;
+  static constexpr size_t kMaxEntries = 1024;
+
+  static int64_t version_of(const at::Tensor& t) {
+    return t.is_inference() ? -1 : int64_t(t._version());
+  }
+
+  void forget_freed() {
+    for (auto it = entries_.begin(); it != entries_.end();)
+      it = it->second.impl.expired() ? entries_.erase(it) : std::next(it);
+  }
+
+  std::unordered_map<const c10::TensorImpl*, Entry> entries_;
   std::mutex mutex_;
 };
 

@@ -1,12 +1,12 @@
-// Hopper warpgroup matrix products (wgmma, sm_90a) on TF32 operands. A warpgroup (4
-// consecutive warps, the first one's index a multiple of 4) multiplies a 64-row tile of A
-// (in registers) by an N-row tile of B^T (K-major in shared memory) into fp32 registers
-// spread over its 128 threads; the product runs asynchronously until wgmma_wait, and until
+// Hopper warpgroup matrix products (wgmma, sm_90a) on TF32, fp16 and bf16 operands. A
+// warpgroup (4 consecutive warps, the first one's index a multiple of 4) multiplies a 64-row
+// tile of A (in registers) by an N-row tile of B^T (K-major in shared memory) into fp32
+// registers spread over its 128 threads; the product runs asynchronously until wgmma_wait, and until
 // then neither the accumulators nor A's registers may be touched.
 //
 // Only code compiled for sm_90a may issue these: TILE_HAS_WGMMA says whether this device
-// pass is one. Host code cannot know which pass the loaded binary came from, so launchers
-// ask the device (wgmma_compiled_in below).
+// pass is one. Host code learns it from the build (IM2WIN_HAS_SM90A, defined when the arch
+// list has 9.0a) and the device's compute capability (im2win's device_caps).
 #pragma once
 
 #include <cstdint>
@@ -21,31 +21,35 @@
 
 namespace tile {
 
-// A K-major tile of fp32 values as wgmma reads it with the 128-byte swizzle: each row is 32
-// values (one 128-byte line), rows of an 8-row atom 128 bytes apart and atoms 1024 bytes
+// A K-major tile as wgmma reads it with the 128-byte swizzle: each row is one 128-byte line
+// (32 fp32 or 64 16-bit values), rows of an 8-row atom 128 bytes apart and atoms 1024 bytes
 // apart, and the eight 16-byte chunks of row r stored at chunk ^ (r % 8), so that the rows
 // of a 16-byte copy or of a tensor-core read fall in different banks. Tiles must start
 // 1024-byte aligned (the swizzle repeats on the address bits, not on the tile's offsets).
-struct Sw128Fp32Layout {
-  static constexpr int kCols = 32;
+// Offsets are in elements of kElemBytes bytes; the byte layout is the same for every size.
+template <int kElemBytes>
+struct Sw128Layout {
+  static constexpr int kCols = 128 / kElemBytes;
+  static constexpr int kChunk = 16 / kElemBytes;  // elements of one 16-byte chunk
   static constexpr int kAtomBytes = 1024;
   static constexpr int elems(int rows) { return rows * kCols; }
   __host__ __device__ static int offset(int row, int col) {
-    return row * kCols + (((col >> 2) ^ (row & 7)) << 2) + (col & 3);
+    return row * kCols + ((col / kChunk) ^ (row & 7)) * kChunk + col % kChunk;
   }
 };
+using Sw128Fp32Layout = Sw128Layout<4>;
 
 // Shared-memory matrix descriptor (PTX ISA, "matrix descriptor format") of a K-major tile in
-// Sw128Fp32Layout starting at `tile`: start address and stride byte offset (next 8-row atom)
+// Sw128Layout starting at `tile`: start address and stride byte offset (next 8-row atom)
 // in 16-byte units, layout type 1 (128-byte swizzle). The leading byte offset is unused for
-// swizzled K-major tiles whose k extent fits in one swizzle width (set to 1). Stepping k by
-// 8 TF32 values adds 32 bytes, i.e. 2, to the descriptor.
+// swizzled K-major tiles whose k extent fits in one swizzle width (set to 1). One k step
+// (8 TF32 or 16 16-bit values) is 32 bytes, i.e. 2 added to the descriptor.
 __device__ __forceinline__ uint64_t wgmma_desc_sw128(const void* tile) {
   const uint32_t addr = smem_addr(tile);
   return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) |
          (uint64_t(Sw128Fp32Layout::kAtomBytes >> 4) << 32) | (uint64_t(1) << 62);
 }
-constexpr uint64_t kWgmmaDescK8 = 32 >> 4;  // descriptor step of 8 TF32 values along k
+constexpr uint64_t kWgmmaDescStep = 32 >> 4;  // descriptor step of one k step (32 bytes)
 
 // Ordering: ordinary shared stores that wgmma reads next need fence_proxy_async in the
 // storing threads before the barrier; wgmma_fence before a warpgroup's first wgmma that reads
@@ -78,74 +82,87 @@ __device__ __forceinline__ void wgmma_fence_registers(uint32_t (&a)[kSteps][4]) 
     for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[k][i])::"memory");
 }
 
-// The A fragment (64 x 8 TF32 values, rows m0 + 16 w .. of warp w) of k step k0 / 8 from a
-// K-major Sw128Fp32Layout tile: thread (g = lane / 4, t = lane % 4) holds a[0] = (g, t),
-// a[1] = (g + 8, t), a[2] = (g, t + 4), a[3] = (g + 8, t + 4) of its warp's 16 rows. One
-// ldmatrix.x4 reads the four 8 x 4 blocks (8 x 8 of 16-bit halves each), which lands value
-// (g, t) of each block in lane g * 4 + t; the swizzle puts the 8 rows in 8 bank groups.
-__device__ __forceinline__ void load_a_tf32(uint32_t (&a)[4], const float* tile, int m0, int k0, int lane) {
+// The A fragment of one k step (64 rows x 32 bytes: 8 TF32 or 16 16-bit values; rows
+// m0 + 16 w .. of warp w) from a K-major Sw128Layout tile, in 32-bit words: k0 counts words
+// (8 a step). Thread (g = lane / 4, t = lane % 4) holds a[0] = word (g, t), a[1] = (g + 8, t),
+// a[2] = (g, t + 4), a[3] = (g + 8, t + 4) of its warp's 16 rows: the TF32 fragment of
+// m64nNk8, and, word by word, the 16-bit fragment of m64nNk16 (value pairs (2t, 2t + 1) and
+// (2t + 8, 2t + 9) of rows g and g + 8). One ldmatrix.x4 reads the four 8 x 4-word blocks,
+// which lands word (g, t) of each block in lane g * 4 + t; the swizzle puts the 8 rows in 8
+// bank groups.
+__device__ __forceinline__ void load_a_sw128(uint32_t (&a)[4], const void* tile, int m0, int k0,
+                                             int lane) {
   const int row = m0 + lane % 8 + 8 * ((lane / 8) % 2), col = k0 + 4 * (lane / 16);
-  ldmatrix_x4(a, tile + Sw128Fp32Layout::offset(row, col));
+  ldmatrix_x4(a, static_cast<const float*>(tile) + Sw128Fp32Layout::offset(row, col));
 }
 
 // d (64 x N, fp32, the warpgroup's accumulator layout) = (accumulate ? d : 0) + A B, with A
-// (64 x 8 TF32, load_a_tf32's fragment) in registers and B^T (N x 8) given by a descriptor.
-// Thread (warp w of the warpgroup, lane g * 4 + t) holds d[4 j + i] at row 16 w + g + 8 (i / 2),
-// column 8 j + 2 t + i % 2.
-template <int N>
-struct WgmmaTf32;
+// (64 x one k step of T: load_a_sw128's fragment) in registers and B^T (N x one k step,
+// K-major) given by a descriptor; T = float multiplies as TF32. Thread (warp w of the
+// warpgroup, lane g * 4 + t) holds d[4 j + i] at row 16 w + g + 8 (i / 2), column
+// 8 j + 2 t + i % 2.
+template <class T, int N>
+struct Wgmma;
 
-template <>
-struct WgmmaTf32<64> {
-  static constexpr int kRegs = 32;
-  __device__ __forceinline__ static void mma(float (&d)[kRegs], const uint32_t (&a)[4], uint64_t b,
-                                             int accumulate) {
-#if TILE_HAS_WGMMA
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "{%32, %33, %34, %35}, %36, p, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),
-          "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),
-          "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
-          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),
-          "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
-#endif
-  }
-};
+// The operand lists of one shape: 32 or 64 accumulators, then a[0..3], b, accumulate.
+#define TILE_WGMMA_D32(o)                                                                      \
+  "+f"(d[o + 0]), "+f"(d[o + 1]), "+f"(d[o + 2]), "+f"(d[o + 3]), "+f"(d[o + 4]),             \
+      "+f"(d[o + 5]), "+f"(d[o + 6]), "+f"(d[o + 7]), "+f"(d[o + 8]), "+f"(d[o + 9]),         \
+      "+f"(d[o + 10]), "+f"(d[o + 11]), "+f"(d[o + 12]), "+f"(d[o + 13]), "+f"(d[o + 14]),    \
+      "+f"(d[o + 15]), "+f"(d[o + 16]), "+f"(d[o + 17]), "+f"(d[o + 18]), "+f"(d[o + 19]),    \
+      "+f"(d[o + 20]), "+f"(d[o + 21]), "+f"(d[o + 22]), "+f"(d[o + 23]), "+f"(d[o + 24]),    \
+      "+f"(d[o + 25]), "+f"(d[o + 26]), "+f"(d[o + 27]), "+f"(d[o + 28]), "+f"(d[o + 29]),    \
+      "+f"(d[o + 30]), "+f"(d[o + 31])
+#define TILE_WGMMA_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate)
+#define TILE_WGMMA_N64_TEXT(instr, tail)                                                       \
+  "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n" instr                                           \
+  " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                   \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "          \
+  "{%32, %33, %34, %35}, %36, p, 1, 1" tail ";\n}\n"
+#define TILE_WGMMA_N128_TEXT(instr, tail)                                                      \
+  "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n" instr                                           \
+  " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                   \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "          \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "          \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "          \
+  "{%64, %65, %66, %67}, %68, p, 1, 1" tail ";\n}\n"
 
-template <>
-struct WgmmaTf32<128> {
-  static constexpr int kRegs = 64;
-  __device__ __forceinline__ static void mma(float (&d)[kRegs], const uint32_t (&a)[4], uint64_t b,
-                                             int accumulate) {
+// One specialisation per (type, N): `instr` names the instruction, `tail` is imm-trans-b
+// (", 0": B is K-major), which only the 16-bit forms take.
 #if TILE_HAS_WGMMA
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "{%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),
-          "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),
-          "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
-          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),
-          "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),
-          "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),
-          "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),
-          "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]),
-          "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+#define TILE_WGMMA_BODY(N, instr, tail)                                                        \
+  asm volatile(TILE_WGMMA_N##N##_TEXT(instr, tail)                                             \
+               : TILE_WGMMA_D##N##_OUT                                                         \
+               : TILE_WGMMA_IN)
+#else
+#define TILE_WGMMA_BODY(N, instr, tail)
 #endif
-  }
-};
+#define TILE_WGMMA_D64_OUT TILE_WGMMA_D32(0)
+#define TILE_WGMMA_D128_OUT TILE_WGMMA_D32(0), TILE_WGMMA_D32(32)
+#define TILE_WGMMA(T, N, instr, tail)                                                          \
+  template <>                                                                                  \
+  struct Wgmma<T, N> {                                                                         \
+    static constexpr int kRegs = N / 2;                                                        \
+    __device__ __forceinline__ static void mma(float (&d)[kRegs], const uint32_t (&a)[4],      \
+                                               uint64_t b, int accumulate) {                   \
+      TILE_WGMMA_BODY(N, instr, tail);                                                         \
+    }                                                                                          \
+  };
+
+TILE_WGMMA(float, 64, "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32", "")
+TILE_WGMMA(float, 128, "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32", "")
+TILE_WGMMA(__half, 64, "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16", ", 0")
+TILE_WGMMA(__half, 128, "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16", ", 0")
+TILE_WGMMA(__nv_bfloat16, 64, "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", ", 0")
+TILE_WGMMA(__nv_bfloat16, 128, "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16", ", 0")
+
+#undef TILE_WGMMA
+#undef TILE_WGMMA_BODY
+#undef TILE_WGMMA_D64_OUT
+#undef TILE_WGMMA_D128_OUT
+#undef TILE_WGMMA_N64_TEXT
+#undef TILE_WGMMA_N128_TEXT
+#undef TILE_WGMMA_IN
+#undef TILE_WGMMA_D32
 
 }  // namespace tile

@@ -1,7 +1,7 @@
 // A strided (N, C, H, W) tensor copied into a contiguous channels-last (N, H, W, C_out) one
 // (C_out >= C channels, zero past C), for
 // the kernels that read windows in 16-byte runs of channels (conv2d_nhwc.cuh) when the
-// caller's tensors are NCHW; for fp32 weights optionally split on the way into TF32 big
+// caller's tensors are not; for fp32 weights optionally split on the way into TF32 big
 // and small parts (3xTF32), once per call instead of once per block that reads them. One
 // 32 x 32 (channels x pixels) tile per block goes through shared memory so that both the
 // reads (along pixels) and the writes (along channels) are coalesced.
@@ -79,10 +79,17 @@ cudaError_t launch_copy(const T* src, const NCHWStrides& s, int N, int C, int H,
 
 }  // namespace
 
-cudaError_t copy_to_channels_last(const float* src, const NCHWStrides& s, int N, int C, int H,
-                                  int W, int C_out, float* dst, cudaStream_t stream) {
-  return launch_copy(src, s, N, C, H, W, C_out, ChannelsLastOut<float, false>{dst, nullptr}, stream);
+template <class T>
+cudaError_t copy_to_channels_last(const T* src, const NCHWStrides& s, int N, int C, int H, int W,
+                                  int C_out, T* dst, cudaStream_t stream) {
+  return launch_copy(src, s, N, C, H, W, C_out, ChannelsLastOut<T, false>{dst, nullptr}, stream);
 }
+template cudaError_t copy_to_channels_last(const float*, const NCHWStrides&, int, int, int, int,
+                                           int, float*, cudaStream_t);
+template cudaError_t copy_to_channels_last(const __half*, const NCHWStrides&, int, int, int, int,
+                                           int, __half*, cudaStream_t);
+template cudaError_t copy_to_channels_last(const __nv_bfloat16*, const NCHWStrides&, int, int,
+                                           int, int, int, __nv_bfloat16*, cudaStream_t);
 
 cudaError_t split_to_channels_last_tf32(const float* src, const NCHWStrides& s, int N, int C, int H,
                                         int W, int C_out, float* big, float* small,

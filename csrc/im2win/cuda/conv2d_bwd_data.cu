@@ -1,6 +1,7 @@
-// Input gradient: for stride-1 fp32 convolutions a forward convolution on the wgmma kernel
-// (conv2d_bwd_data_as_fwd), else BwdDataProblem (conv2d_problems.cuh), a gather on the
-// implicit GEMM, or the direct kernel (conv2d_bwd_data_direct.cu) for few channels per group.
+// Input gradient, in two of the forms the planner (conv2d_plan.cu) chooses among: a stride-1
+// convolution as a forward convolution (conv2d_bwd_data_as_fwd, for the wgmma kernel),
+// and BwdDataProblem (conv2d_problems.cuh), a gather on the implicit GEMM. The third is the
+// direct kernel (conv2d_bwd_data_direct.cu) for few channels per group.
 #include "conv2d_kernels.cuh"
 #include "conv2d_problems.cuh"
 
@@ -8,7 +9,7 @@ namespace im2win {
 
 bool conv2d_bwd_data_as_fwd(const Conv2dBwdParams& b, Conv2dParams& dgrad) {
   const Conv2dParams& p = b.fwd;
-  if (p.dtype != DType::kFloat32 || p.groups != 1 || p.stride_h != 1 || p.stride_w != 1 ||
+  if (p.groups != 1 || p.stride_h != 1 || p.stride_w != 1 ||
       b.grad_input == nullptr || int64_t(p.batch) * p.out_h * p.out_w == 0)
     return false;
   Conv2dParams t = p;
@@ -21,22 +22,21 @@ bool conv2d_bwd_data_as_fwd(const Conv2dBwdParams& b, Conv2dParams& dgrad) {
   // weight'[c][k][fh][fw] = weight[k][c][FH - 1 - fh][FW - 1 - fw]: a view with the first two
   // strides swapped and the tap strides negated, from the last tap.
   const NCHWStrides& w = p.w_stride;
-  t.weight = static_cast<const float*>(p.weight) + (p.kernel_h - 1) * w.h + (p.kernel_w - 1) * w.w;
+  const size_t elem = p.dtype == DType::kFloat32 ? 4 : 2;
+  t.weight = static_cast<const unsigned char*>(p.weight) +
+             ((p.kernel_h - 1) * w.h + (p.kernel_w - 1) * w.w) * elem;
   t.w_stride = {w.c, w.n, -w.h, -w.w};
   t.bias = nullptr;
   t.output = b.grad_input, t.out_stride = b.grad_in_stride;
-  if (!conv2d_fwd_nhwc_fp32_supported(t)) return false;
   dgrad = t;
   return true;
 }
 
-cudaError_t conv2d_bwd_data_gemm(const Conv2dBwdParams& b, cudaStream_t stream) {
-  if (conv2d_bwd_data_direct_supported(b)) return conv2d_bwd_data_direct(b, stream);
+cudaError_t conv2d_bwd_data_gemm(const Conv2dBwdParams& b, GemmConfig config,
+                                 cudaStream_t stream) {
   return dispatch_dtype(b.fwd.dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
-    const BwdDataProblem<T> problem = make_bwd_data_problem<T>(b);
-    return launch_implicit_gemm(
-        problem, choose_gemm_config(b.fwd.dtype, b.fwd.fp32_math, problem.M), stream);
+    return launch_implicit_gemm(make_bwd_data_problem<T>(b), config, stream);
   });
 }
 

@@ -60,15 +60,9 @@ __global__ void __launch_bounds__(kReduceThreads) bias_grad_kernel(const BiasGra
 
 }  // namespace
 
-size_t conv2d_bwd_weight_workspace_bytes(const Conv2dBwdParams& b) {
-  if (b.grad_weight == nullptr) return 0;
-  return WeightGradPlan(b.fwd).workspace_bytes(b.fwd);
-}
-
-cudaError_t conv2d_bwd_weight_gemm(const Conv2dBwdParams& b, void* workspace,
-                                   cudaStream_t stream) {
+cudaError_t conv2d_bwd_weight_gemm(const Conv2dBwdParams& b, const WeightGradPlan& plan,
+                                   void* workspace, cudaStream_t stream) {
   const Conv2dParams& p = b.fwd;
-  const WeightGradPlan plan(p);
   return dispatch_dtype(p.dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
     const BwdWeightProblem<T> problem =

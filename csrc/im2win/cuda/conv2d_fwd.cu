@@ -5,12 +5,10 @@
 
 namespace im2win {
 
-cudaError_t conv2d_fwd_gemm(const Conv2dParams& p, cudaStream_t stream) {
+cudaError_t conv2d_fwd_gemm(const Conv2dParams& p, GemmConfig config, cudaStream_t stream) {
   return dispatch_dtype(p.dtype, [&](auto type_tag) {
     using T = decltype(type_tag);
-    const ForwardProblem<T> problem = make_forward_problem<T>(p);
-    return launch_implicit_gemm(problem, choose_gemm_config(p.dtype, p.fp32_math, problem.M),
-                                stream);
+    return launch_implicit_gemm(make_forward_problem<T>(p), config, stream);
   });
 }
 

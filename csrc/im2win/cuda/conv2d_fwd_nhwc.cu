@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(kThreads) conv2d_fwd_nhwc_kernel(const NhwcCon
   const int wm = (warp % Tile::kWarpsM) * Tile::WM, wn = (warp / Tile::kWarpsM) * Tile::WN;
 
   const NhwcCopier<T, Tile::BM, BN, Layout> copier(p, m_block, threadIdx.x);
-  SliceCursor next;  // the next slice to copy
+  SliceCursor<> next;  // the next slice to copy
   typename Tile::Warp acc;
   acc.zero();
 
@@ -123,15 +123,17 @@ bool conv2d_fwd_nhwc_supported(const Conv2dParams& p) {
          nhwc_chunked<__half>(p.input, p.in_stride) && nhwc_chunked<__half>(p.weight, p.w_stride);
 }
 
-cudaError_t conv2d_fwd_nhwc(const Conv2dParams& p, cudaStream_t stream) {
-  // 64 output channels or fewer: a 64-wide tile wastes none of its columns on them.
-  const bool narrow = p.out_channels <= 64;
+cudaError_t conv2d_fwd_nhwc(const Conv2dParams& p, int tile_n, cudaStream_t stream) {
   return dispatch_dtype(p.dtype, [&](auto type_tag) -> cudaError_t {
     using T = decltype(type_tag);
     if constexpr (std::is_same<T, float>::value) {
       return cudaErrorInvalidValue;
     } else {
-      return narrow ? launch_nhwc<T, 64>(p, stream) : launch_nhwc<T, 128>(p, stream);
+      switch (tile_n) {
+        case 64: return launch_nhwc<T, 64>(p, stream);
+        case 128: return launch_nhwc<T, 128>(p, stream);
+        default: return cudaErrorInvalidValue;
+      }
     }
   });
 }

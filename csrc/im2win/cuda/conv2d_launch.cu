@@ -1,101 +1,84 @@
-// Public host entry points of the im2win convolution (conv2d_launch.h): check that the
-// kernels' 32-bit index arithmetic covers the problem, handle empty problems, and call the
-// per-family launchers (conv2d_kernels.cuh).
-#include <algorithm>
-#include <cstdint>
-
-#include "conv2d_common.cuh"
+// Public host entry points of the im2win convolution (conv2d_launch.h): each asks the
+// planner (conv2d_plan.h) and carries out its plan, so the workspace query and the launch
+// always agree.
 #include "conv2d_kernels.cuh"
 #include "conv2d_launch.h"
+#include "conv2d_plan.h"
 
 namespace im2win {
 namespace {
 
-// GEMM extents and offsets inside one sample are ints; the headroom covers a tile's overrun
-// past the end of a range.
-constexpr int64_t kMaxIndex = common::kMaxIntIndex;
-constexpr int kMaxGroups = common::kMaxGridYZ;  // gridDim.z
-
-bool fits(int64_t v) { return v >= 0 && v <= kMaxIndex; }
-
 size_t element_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
-// Dtype, groups, GEMM extents, the weight, and the input's in-sample offsets.
-bool shape_supported(const Conv2dParams& p) {
-  if (p.dtype != DType::kFloat32 && p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
-    return false;
-  if (p.groups <= 0 || p.groups > kMaxGroups || p.in_channels % p.groups != 0 ||
-      p.out_channels % p.groups != 0)
-    return false;
-  const int64_t c_per_group = p.in_channels / p.groups, k_per_group = p.out_channels / p.groups;
-  const int64_t taps = int64_t(p.kernel_h) * p.kernel_w;
-  return fits(int64_t(p.batch) * p.out_h * p.out_w) && fits(int64_t(p.batch) * p.in_h * p.in_w) &&
-         fits(c_per_group * taps) && fits(k_per_group * taps) &&
-         fits(p.out_channels * c_per_group * taps) &&
-         fits(max_offset_in_sample(p.in_stride, p.in_channels, p.in_h, p.in_w));
+cudaError_t run_fwd(const Conv2dParams& p, const FwdPlan& plan, void* workspace,
+                    cudaStream_t stream) {
+  switch (plan.kernel) {
+    case FwdKernel::kNone: return cudaSuccess;
+    case FwdKernel::kImplicitGemm: return conv2d_fwd_gemm(p, plan.gemm_config, stream);
+    case FwdKernel::kNhwc16: return conv2d_fwd_nhwc(p, plan.tile_n, stream);
+    case FwdKernel::kWgmma: return conv2d_fwd_wgmma(p, plan.tile_n, workspace, stream);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
-bool supported(const Conv2dParams& p) {
-  return shape_supported(p) &&
-         fits(max_offset_in_sample(p.out_stride, p.out_channels, p.out_h, p.out_w));
+cudaError_t run_bwd_data(const Conv2dBwdParams& b, const BwdPlan& plan, void* workspace,
+                         cudaStream_t stream) {
+  switch (plan.data) {
+    case BwdDataKernel::kNone: return cudaSuccess;
+    case BwdDataKernel::kAsFwd: return run_fwd(plan.data_as_fwd, plan.data_fwd, workspace, stream);
+    case BwdDataKernel::kDirect: return conv2d_bwd_data_direct(b, stream);
+    case BwdDataKernel::kImplicitGemm: return conv2d_bwd_data_gemm(b, plan.data_gemm_config, stream);
+  }
+  return cudaErrorInvalidValue;
 }
 
-// The forward's output (fwd.output, fwd.out_stride) plays no part in the backward.
-bool supported(const Conv2dBwdParams& b) {
+cudaError_t run_bwd_weight(const Conv2dBwdParams& b, const BwdPlan& plan, void* workspace,
+                           cudaStream_t stream) {
   const Conv2dParams& p = b.fwd;
-  return shape_supported(p) &&
-         fits(max_offset_in_sample(b.grad_out_stride, p.out_channels, p.out_h, p.out_w)) &&
-         fits(max_offset_in_sample(b.grad_in_stride, p.in_channels, p.in_h, p.in_w));
+  switch (plan.weight) {
+    case BwdWeightKernel::kNone: return cudaSuccess;
+    case BwdWeightKernel::kZero:
+      return cudaMemsetAsync(b.grad_weight, 0,
+                             size_t(p.out_channels) * (p.in_channels / p.groups) * p.kernel_h *
+                                 p.kernel_w * element_size(p.dtype),
+                             stream);
+    case BwdWeightKernel::kImplicitGemm:
+      return conv2d_bwd_weight_gemm(b, plan.weight_plan, workspace, stream);
+  }
+  return cudaErrorInvalidValue;
 }
 
-int64_t output_positions(const Conv2dParams& p) { return int64_t(p.batch) * p.out_h * p.out_w; }
+cudaError_t run_bwd_bias(const Conv2dBwdParams& b, const BwdPlan& plan, cudaStream_t stream) {
+  switch (plan.bias) {
+    case BwdBiasKernel::kNone: return cudaSuccess;
+    case BwdBiasKernel::kZero:
+      return cudaMemsetAsync(b.grad_bias, 0, size_t(b.fwd.out_channels) * element_size(b.fwd.dtype),
+                             stream);
+    case BwdBiasKernel::kReduce: return conv2d_bwd_bias(b, stream);
+  }
+  return cudaErrorInvalidValue;
+}
 
 }  // namespace
 
-// Windows stay on chip; only the fp32 wgmma kernel may want channels-last copies of NCHW
-// tensors.
 size_t conv2d_fwd_workspace_bytes(const Conv2dParams& p) {
-  if (!supported(p) || output_positions(p) == 0 || p.out_channels == 0) return 0;
-  return conv2d_fwd_nhwc_fp32_supported(p) ? conv2d_fwd_nhwc_fp32_workspace_bytes(p) : 0;
+  return plan_conv2d_fwd(p, device_caps()).workspace_bytes;
 }
 
 cudaError_t conv2d_fwd_cuda(const Conv2dParams& p, void* workspace, cudaStream_t stream) {
-  if (!supported(p)) return cudaErrorInvalidValue;
-  if (output_positions(p) == 0 || p.out_channels == 0) return cudaSuccess;
-  if (conv2d_fwd_nhwc_fp32_supported(p)) return conv2d_fwd_nhwc_fp32(p, workspace, stream);
-  if (conv2d_fwd_nhwc_supported(p)) return conv2d_fwd_nhwc(p, stream);
-  return conv2d_fwd_gemm(p, stream);
+  return run_fwd(p, plan_conv2d_fwd(p, device_caps()), workspace, stream);
 }
 
-// The input gradient and the weight gradient run one after the other: they share it.
 size_t conv2d_bwd_workspace_bytes(const Conv2dBwdParams& b) {
-  if (!supported(b) || output_positions(b.fwd) == 0) return 0;
-  Conv2dParams dgrad;
-  const size_t dgrad_bytes =
-      conv2d_bwd_data_as_fwd(b, dgrad) ? conv2d_fwd_nhwc_fp32_workspace_bytes(dgrad) : 0;
-  return std::max(dgrad_bytes, conv2d_bwd_weight_workspace_bytes(b));
+  return plan_conv2d_bwd(b, device_caps()).workspace_bytes;
 }
 
 cudaError_t conv2d_bwd_cuda(const Conv2dBwdParams& b, void* workspace, cudaStream_t stream) {
-  const Conv2dParams& p = b.fwd;
-  if (!supported(b)) return cudaErrorInvalidValue;
-  const bool no_positions = output_positions(p) == 0;  // every gradient sum is empty
-  cudaError_t err = cudaSuccess;
-  Conv2dParams dgrad;
-  if (b.grad_input != nullptr && int64_t(p.batch) * p.in_h * p.in_w > 0)
-    err = conv2d_bwd_data_as_fwd(b, dgrad) ? conv2d_fwd_nhwc_fp32(dgrad, workspace, stream)
-                                           : conv2d_bwd_data_gemm(b, stream);
-  if (err == cudaSuccess && b.grad_weight != nullptr) {
-    const size_t weight_bytes = size_t(p.out_channels) * (p.in_channels / p.groups) *
-                                p.kernel_h * p.kernel_w * element_size(p.dtype);
-    err = no_positions ? cudaMemsetAsync(b.grad_weight, 0, weight_bytes, stream)
-                       : conv2d_bwd_weight_gemm(b, workspace, stream);
-  }
-  if (err == cudaSuccess && b.grad_bias != nullptr && p.out_channels > 0) {
-    const size_t bias_bytes = size_t(p.out_channels) * element_size(p.dtype);
-    err = no_positions ? cudaMemsetAsync(b.grad_bias, 0, bias_bytes, stream)
-                       : conv2d_bwd_bias(b, stream);
-  }
+  const BwdPlan plan = plan_conv2d_bwd(b, device_caps());
+  if (!plan.supported) return cudaErrorInvalidValue;
+  cudaError_t err = run_bwd_data(b, plan, workspace, stream);
+  if (err == cudaSuccess) err = run_bwd_weight(b, plan, workspace, stream);
+  if (err == cudaSuccess) err = run_bwd_bias(b, plan, stream);
   return err;
 }
 

@@ -1,14 +1,15 @@
 // The channels-last form of the im2win window, shared by the forward kernels on NHWC data
-// (conv2d_fwd_nhwc.cu: fp16/bf16 on mma.sync; conv2d_fwd_nhwc_fp32.cu: fp32 on wgmma).
+// (conv2d_fwd_nhwc.cu: fp16/bf16 on mma.sync; conv2d_fwd_wgmma.cu: every dtype on wgmma).
 // Output position (n, oh, ow) reads its window in (fh, fw, c) order, c innermost, so every
 // 16 bytes of channels of one tap are one run of the input (and of a (K, FH, FW, C)
 // weight): windows go straight from the input into shared memory by 16-byte cp.async,
 // never through a window tensor. The GEMM is
 //   out[pos][k] = sum over r = (fh, fw, c) of window[pos][r] * weight[k][r],
-// both operands K-major in shared memory, one slice of kSliceChannels values at a time: the
-// channels of one tap, or, when C divides kSliceChannels (C = 4, 8, 16: a first layer's RGB
-// padded to 4), kSliceChannels / C neighbouring taps of one filter row, so that a small C
-// does not leave most of each slice zero.
+// both operands K-major in shared memory, one slice of kSliceValues values at a time
+// (kSliceChannels = 32 for mma.sync; one 128-byte line for wgmma: 32 fp32 or 64 16-bit
+// values): the channels of one tap, or, when C divides the slice (a first layer's RGB padded
+// to 4 or 8), kSliceValues / C neighbouring taps of one filter row, so that a small C does
+// not leave most of each slice zero.
 #pragma once
 
 #include <cstdint>
@@ -19,13 +20,13 @@
 namespace im2win {
 
 constexpr int kNhwcThreads = 256;
-constexpr int kSliceChannels = 32;  // channels of one tap in one reduction slice
+constexpr int kSliceChannels = 32;  // values of one reduction slice on mma.sync
 
 // 16-byte copies of T: elements in one, and copies in one slice row.
-template <class T>
+template <class T, int kSliceValues = kSliceChannels>
 struct NhwcChunk {
   static constexpr int kElems = 16 / int(sizeof(T));
-  static constexpr int kPerRow = kSliceChannels / kElems;
+  static constexpr int kPerRow = kSliceValues / kElems;
   static constexpr int kRowStep = kNhwcThreads / kPerRow;  // rows apart of one thread's copies
 };
 
@@ -43,34 +44,35 @@ struct NhwcConv {
   int stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
   int64_t in_n, out_n;  // sample strides
   int in_h, in_w, out_c, out_h, out_w, w_k, w_h, w_w;
-  int slice_taps;   // taps of one filter row per slice: 1, or kSliceChannels / C
+  int slice_taps;   // taps of one filter row per slice: 1, or kSliceValues / C
   int slices;
   bool pair_store;  // channel stride 1 and K even: channels (k, k + 1) are one aligned word
   PlaneDecoder out_positions;
 };
 
-// How the reduction is cut: slices of kSliceChannels channels of one tap, or, when C divides
-// kSliceChannels, of slice_taps = kSliceChannels / C neighbouring taps of one filter row.
+// How the reduction is cut: slices of slice_values channels of one tap, or, when C divides
+// slice_values, of slice_taps = slice_values / C neighbouring taps of one filter row.
 struct SlicePlan {
   int slice_taps, slices;
 };
-inline SlicePlan plan_slices(int C, int kernel_h, int kernel_w) {
-  if (C < kSliceChannels && kSliceChannels % C == 0) {
-    const int taps = kSliceChannels / C;
+inline SlicePlan plan_slices(int C, int kernel_h, int kernel_w, int slice_values = kSliceChannels) {
+  if (C < slice_values && slice_values % C == 0) {
+    const int taps = slice_values / C;
     return {taps, kernel_h * ceil_div(kernel_w, taps)};
   }
-  return {1, kernel_h * kernel_w * ceil_div(C, kSliceChannels)};
+  return {1, kernel_h * kernel_w * ceil_div(C, slice_values)};
 }
 
 // The reduction one slice at a time: the first tap (fh, fw), and the first channel c0 within
 // it.
+template <int kSliceValues = kSliceChannels>
 struct SliceCursor {
   int fh = 0, fw = 0, c0 = 0;
 
   template <class T>
   __device__ void advance(const NhwcConv<T>& p) {
     if (p.slice_taps == 1) {
-      c0 += kSliceChannels;
+      c0 += kSliceValues;
       if (c0 < p.C) return;
       c0 = 0;
     }
@@ -85,9 +87,9 @@ struct SliceCursor {
 // One thread's share of every slice: 16-byte chunk `chunk` of kARows window rows (output
 // positions) and kBRows filter rows, each kRowStep rows apart, stored through Layout (element
 // offsets). The window origins are decoded once; a slice only adds its tap.
-template <class T, int BM, int BN, class Layout>
+template <class T, int BM, int BN, class Layout, int kSliceValues = kSliceChannels>
 struct NhwcCopier {
-  using Chunk = NhwcChunk<T>;
+  using Chunk = NhwcChunk<T, kSliceValues>;
   static constexpr int kARows = BM / Chunk::kRowStep, kBRows = BN / Chunk::kRowStep;
   static_assert(kARows * Chunk::kRowStep == BM && kBRows * Chunk::kRowStep == BN,
                 "tile rows must split evenly over the copying threads");
@@ -118,7 +120,8 @@ struct NhwcCopier {
   // sB_small); padding, channel tails and rows past the tile's end are zero-filled without a
   // read.
   template <bool kSmallB = false>
-  __device__ void copy(const NhwcConv<T>& p, const SliceCursor& s, int n_block, T* sA, T* sB,
+  __device__ void copy(const NhwcConv<T>& p, const SliceCursor<kSliceValues>& s, int n_block,
+                       T* sA, T* sB,
                        T* sB_small = nullptr) const {
     const int c = s.c0 + chunk_c, fw = s.fw + chunk_tap;
     const bool channel_ok = c < p.C && fw < p.kernel_w;
@@ -147,11 +150,12 @@ struct NhwcCopier {
 
 // The problem of p with the input and weight read from `input` / `weight` (and
 // `weight_small`) through the given strides (p's own tensors, or channels-last copies with
-// `channels` >= C, zero past C).
+// `channels` >= C, zero past C), cut into slices of slice_values.
 template <class T>
 NhwcConv<T> make_nhwc_conv(const Conv2dParams& p, const void* input, const NCHWStrides& in_stride,
                            const void* weight, const NCHWStrides& w_stride,
-                           const void* weight_small = nullptr, int channels = 0) {
+                           const void* weight_small = nullptr, int channels = 0,
+                           int slice_values = kSliceChannels) {
   NhwcConv<T> c;
   c.input = static_cast<const T*>(input);
   c.weight = static_cast<const T*>(weight);
@@ -167,7 +171,7 @@ NhwcConv<T> make_nhwc_conv(const Conv2dParams& p, const void* input, const NCHWS
   c.in_h = int(in_stride.h), c.in_w = int(in_stride.w);
   c.out_c = int(p.out_stride.c), c.out_h = int(p.out_stride.h), c.out_w = int(p.out_stride.w);
   c.w_k = int(w_stride.n), c.w_h = int(w_stride.h), c.w_w = int(w_stride.w);
-  const SlicePlan plan = plan_slices(c.C, p.kernel_h, p.kernel_w);
+  const SlicePlan plan = plan_slices(c.C, p.kernel_h, p.kernel_w, slice_values);
   c.slice_taps = plan.slice_taps, c.slices = plan.slices;
   c.pair_store = p.out_stride.c == 1 && p.out_channels % 2 == 0 &&
                  reinterpret_cast<uintptr_t>(p.output) % (2 * sizeof(T)) == 0 &&

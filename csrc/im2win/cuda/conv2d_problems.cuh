@@ -246,7 +246,7 @@ struct BwdWeightProblem : GemmShape {
   }
 };
 
-// How the weight-gradient reduction is split: enough blocks to fill an H200 twice over
+// How the weight-gradient reduction is split: enough blocks to fill a 132-SM GPU twice over
 // (a fixed target rather than a device query, so the split, and with it the rounding, is
 // the same on every device), each split at least kMinSplitLength output positions long so
 // its tile's load and write-out stay small against its products, and no empty split.
@@ -255,9 +255,10 @@ struct WeightGradPlan {
   static constexpr int kMinSplitLength = 256;
   static constexpr int kMaxGridZ = common::kMaxGridYZ;
 
-  GemmConfig config;
-  int splits, r_chunk;
+  GemmConfig config = GemmConfig::kMma;
+  int splits = 1, r_chunk = 1;
 
+  WeightGradPlan() = default;
   explicit WeightGradPlan(const Conv2dParams& p) {
     const int M = p.out_channels / p.groups;
     const int N = p.in_channels / p.groups * p.kernel_h * p.kernel_w;

@@ -139,9 +139,8 @@ using MmaTileTraits = MmaTraits<T, BM, 128, 2, 4, kSplit>;
 enum class GemmConfig { kFfmaSmall, kMma, kMmaHalf, kMma3xTf32, kMma3xTf32Half };
 
 // The one chooser from a problem to a configuration. Exact fp32 with M > 32 runs as 3xTF32
-// on tensor cores, not on the paper's 128 x 128 FFMA tile (removed): three tf32 products per
-// step still outrun FFMA on an H200 (bench_im2win fp32 on conv1/5/8/10: 0.87/0.22/0.77/0.36x
-// cuDNN against the FFMA tile's 0.73/0.17/0.64/0.30x), at FFMA's accuracy.
+// on tensor cores rather than on an FFMA tile like the paper's 128 x 128 one: three TF32
+// products per step still outrun plain FMAs, at their accuracy (benchmarks/NOTES.md).
 inline GemmConfig choose_gemm_config(DType dtype, Fp32Math math, int M) {
   if (M <= FfmaSmallTraits::BM) return GemmConfig::kFfmaSmall;  // a 64-row tile would idle
   const bool half = M <= 64;

@@ -55,8 +55,8 @@ SweepSplit plan_sweep_split(const SweepParams& p) {
   const int slice = sweep_slice_width(p);
   const int64_t ctas = int64_t((p.width_c + slice - 1) / slice) * p.heads * p.num_seqs;
   const int64_t slots = common::kSweepCtasPerSm * int64_t(sms);  // CTAs an SM where shared memory allows
-  // Only when at most half the SMs have work: at b4 h32 d64 (128 CTAs) splitting measured
-  // slower (fwd 0.193 ms split, 0.148 whole) on an H200.
+  // Only when at most half the SMs have work: with most SMs busy already, reading b and c
+  // twice and the extra launches cost more than the added CTAs gain (benchmarks/NOTES.md).
   if (ctas <= 0 || 2 * ctas > sms) return none;
   const int64_t blocks = (p.seqlen + kSplitBlock - 1) / kSplitBlock;
   const int64_t chunks = std::min(slots / ctas, blocks / kMinChunkBlocks);
