@@ -2,6 +2,8 @@
 # system's: PyTorch Lightning also installs a package named `lightning`).
 #   make test   set up, build (CPU + CUDA kernels when nvcc is found), ctest + pytest
 #   make demo   set up, build, run the main job (examples/demo.py)
+# The build installs the checkout into the venv in development mode: $(VENV)/bin/python then
+# imports lightning and im2win from any directory.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.14.1
@@ -12,6 +14,9 @@ CUDA_HOME ?= $(firstword $(foreach d,/usr/local/cuda /usr/local/cuda-13.0,$(if $
 export CUDA_HOME
 export TORCH_CUDA_ARCH_LIST ?= 9.0
 export MAX_JOBS ?= $(shell nproc)
+# Every step builds with the venv's ninja: another ninja version would rewrite the build log
+# and compile everything again.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' -o -name '*.py') setup.py
 
@@ -24,9 +29,15 @@ $(VENV)/.installed: pyproject.toml
 	$(VPY) -m pip install -q torch==$(TORCH_VERSION) numpy pytest ninja pybind11 setuptools wheel matplotlib
 	touch $@
 
-build: $(VENV)/.built
+build: $(VENV)/.built $(VENV)/.editable
 $(VENV)/.built: $(VENV)/.installed $(SOURCES)
 	$(VPY) setup.py -q build_ext --inplace
+	touch $@
+
+# Once per venv: an editable install maps the packages onto this checkout, so later builds
+# need no reinstall; its build step finds the objects of the build above up to date.
+$(VENV)/.editable: pyproject.toml | $(VENV)/.built
+	$(VPY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 ctest: $(VENV)/.installed

@@ -12,6 +12,8 @@ import os
 import sys
 
 from setuptools import setup
+from setuptools.command.develop import develop
+from setuptools.command.install import install
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(ROOT, "csrc"))
@@ -24,16 +26,11 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 OWN_MARKER = "lightning_im2win_kernels"  # written into lightning/__init__.py
 
 
-def refuse_foreign_lightning():
-    """PyTorch Lightning also installs an import package named `lightning`; installing over
-    it would break both. Refuse unless the installed one is ours. An isolated build (plain
-    `pip install .`) cannot see the target environment: there the check cannot run."""
-    if "install" not in sys.argv and "bdist_wheel" not in sys.argv and "develop" not in sys.argv:
-        return
-    if any(a.startswith("--target") for a in sys.argv):
-        return
-    # Look past this checkout (the current directory is on sys.path while setup.py runs).
-    paths = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != ROOT]
+def refuse_foreign_lightning(paths, where):
+    """PyTorch Lightning also installs an import package named `lightning`; installing over or
+    next to it would break both. Exits if `paths` (this checkout aside) hold a `lightning` that
+    is not ours."""
+    paths = [p for p in paths if os.path.abspath(p or os.getcwd()) != ROOT]
     spec = importlib.machinery.PathFinder.find_spec("lightning", paths)
     if spec is None or spec.origin is None:
         return
@@ -41,11 +38,45 @@ def refuse_foreign_lightning():
         if OWN_MARKER in f.read():
             return
     sys.exit(
-        f"refusing to install: a different package named 'lightning' (PyTorch Lightning?) is "
-        f"installed at {os.path.dirname(spec.origin)}. Install into a fresh virtual environment, "
-        f"or build in place (python setup.py build_ext --inplace) and put this checkout first on "
-        f"PYTHONPATH."
+        f"refusing to install {where}: a different package named 'lightning' (PyTorch Lightning?) "
+        f"is installed at {os.path.dirname(spec.origin)}. Install into a fresh virtual environment "
+        f"(or with pip install --target DIR), or build in place (python setup.py build_ext "
+        f"--inplace) and put this checkout first on PYTHONPATH."
     )
+
+
+# The guard runs only where setup.py itself installs into an environment: `setup.py install`
+# (not when bdist_wheel stages a wheel under --root) and `setup.py develop`. Building a wheel
+# or an sdist never checks: a wheel does not know where it will be installed, and pip
+# (`pip install .`, `pip install -e .`) builds a wheel first and installs it itself, so no
+# check here can see the environment pip installs into.
+class GuardedInstall(install):
+    def run(self):
+        if not self.root:  # --root: staging a wheel or a system package, not an environment
+            in_this_env = os.path.abspath(self.install_lib) in {os.path.abspath(p) for p in sys.path if p}
+            refuse_foreign_lightning([self.install_lib] + (sys.path if in_this_env else []),
+                                     f"into {self.install_lib}")
+        super().run()
+
+
+class GuardedDevelop(develop):  # runs `pip install -e .`
+    def run(self):
+        if self.install_dir:
+            refuse_foreign_lightning([self.install_dir], f"into {self.install_dir}")
+        elif not self.prefix:  # into this interpreter's environment
+            refuse_foreign_lightning(sys.path, "in development mode")
+        super().run()
+
+
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    def finalize_options(self):
+        super().finalize_options()
+        if self.editable_mode:
+            # An editable install (`pip install -e .`) builds in a fresh temporary directory;
+            # the in-place build's directory lets ninja reuse its objects instead of compiling
+            # everything again.
+            plat = self.distribution.get_command_obj("build").plat_name
+            self.build_temp = os.path.join(ROOT, "build", f"temp.{plat}-{sys.implementation.cache_tag}")
 
 
 def main():
@@ -59,7 +90,6 @@ def main():
         f"MAX_JOBS={os.environ.get('MAX_JOBS', '')} DEBUG={int(debug)} CUDA_HOME={os.environ.get('CUDA_HOME', '')}; "
         + ("building CPU and CUDA kernels" if with_cuda else "nvcc not found: building CPU kernels only")
     )
-    refuse_foreign_lightning()
     Extension = CUDAExtension if with_cuda else CppExtension
     args = build_config.compile_args(with_cuda, debug)
     ext_modules = [
@@ -76,7 +106,7 @@ def main():
     setup(
         ext_modules=ext_modules,
         install_requires=[torch_pin, "numpy"],
-        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        cmdclass={"build_ext": BuildExt, "install": GuardedInstall, "develop": GuardedDevelop},
     )
 
 

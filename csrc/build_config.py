@@ -7,6 +7,7 @@ so they compile in seconds; only the binding ``.cpp`` of each namespace sees tor
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 
@@ -65,29 +66,57 @@ def default_arch_list():
     return ";".join("9.0a" if a == "9.0" else a for a in archs.split(";") if a)
 
 
+# What torch's CUDAExtension adds to every nvcc command line besides include paths (its
+# COMMON_NVCC_FLAGS and the C++ standard its headers need): the torch-free builds (CMake, the
+# im2win test Makefile) add the same, so they compile the kernels the extension ships.
+TORCH_NVCC_DEFINES = [
+    "-D__CUDA_NO_HALF_OPERATORS__",
+    "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-D__CUDA_NO_HALF2_OPERATORS__",
+]
+CXX_STANDARD = 20
+
+
+def kernel_sources(name, kind):
+    """The torch-free kernel sources of csrc/<name>: kind "cpu" (cpu/*.cpp) or "cuda" (cuda/*.cu)."""
+    pattern = {"cpu": os.path.join("cpu", "*.cpp"), "cuda": os.path.join("cuda", "*.cu")}[kind]
+    return sorted(glob.glob(os.path.join(ROOT, name, pattern)))
+
+
 def sources(name, with_cuda):
-    """Every .cpp of csrc/<name> (bindings, CPU kernels) and, with CUDA, every .cu."""
-    base = os.path.join(ROOT, name)
-    files = sorted(glob.glob(os.path.join(base, "*.cpp")) + glob.glob(os.path.join(base, "cpu", "*.cpp")))
+    """The bindings (csrc/<name>/*.cpp), the CPU kernels and, with CUDA, the CUDA kernels."""
+    files = sorted(glob.glob(os.path.join(ROOT, name, "*.cpp"))) + kernel_sources(name, "cpu")
     if with_cuda:
-        files += sorted(glob.glob(os.path.join(base, "cuda", "*.cu")))
+        files += kernel_sources(name, "cuda")
     return files
 
 
+def _opt_flags(debug):
+    return ["-O0", "-g"] if debug else ["-O3"]
+
+
+def cxx_flags():
+    """The C++ kernels' flags besides optimisation (window_ops.h vectorises with `omp simd`)."""
+    return ["-fopenmp"]
+
+
+def nvcc_flags(arch_list):
+    """The CUDA kernels' flags besides optimisation, for a TORCH_CUDA_ARCH_LIST-style
+    `arch_list` (as default_arch_list() returns it)."""
+    flags = ["--expt-relaxed-constexpr", "-Xptxas=-warn-spills", "--use_fast_math"]
+    if "9.0a" in arch_list.split(";"):
+        flags.append("-DIM2WIN_HAS_SM90A")  # the host planner may choose the wgmma kernels
+    return flags
+
+
 def compile_args(with_cuda, debug=False):
-    opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-fopenmp"]  # torch adds the -std its headers need (C++20 from 2.13 on)
-    nvcc = opt + [
-        "--expt-relaxed-constexpr",
-        "-Xptxas=-warn-spills",
-        "--use_fast_math",
-    ]
-    if with_cuda:
-        cxx.append("-DWITH_CUDA")
-        nvcc.append("-DWITH_CUDA")
-        if "9.0a" in default_arch_list().split(";"):
-            nvcc.append("-DIM2WIN_HAS_SM90A")  # the host planner may choose the wgmma kernels
-    return {"cxx": cxx, "nvcc": nvcc}
+    """extra_compile_args of the extensions; torch adds the -std its headers need."""
+    cxx = _opt_flags(debug) + cxx_flags()
+    if not with_cuda:
+        return {"cxx": cxx, "nvcc": []}
+    nvcc = _opt_flags(debug) + nvcc_flags(default_arch_list()) + ["-DWITH_CUDA"]
+    return {"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc}
 
 
 def link_args():
@@ -130,3 +159,52 @@ def jit_load(name):
         is_python_module=False,
         verbose=os.environ.get("VERBOSE", "0") == "1",
     )
+
+
+def _cmake_archs_to_torch(archs):
+    """CMake's CUDA_ARCHITECTURES (90a;80-real) as a TORCH_CUDA_ARCH_LIST (9.0a;8.0); names
+    without a number (native, all) are left out."""
+    found = (re.fullmatch(r"(\d+)(\d)([a-z]?)(-real|-virtual)?", a) for a in archs.split(";"))
+    return ";".join(f"{m[1]}.{m[2]}{m[3]}" for m in found if m)
+
+
+def standalone_nvcc_flags(cuda_archs):
+    """The nvcc flags of the torch-free builds for CMake-style `cuda_archs` (90a;80): the
+    extension's, and what torch adds to them."""
+    return [f"-std=c++{CXX_STANDARD}"] + TORCH_NVCC_DEFINES + nvcc_flags(_cmake_archs_to_torch(cuda_archs))
+
+
+def _cmake_script(cuda_archs):
+    """CMake `set()` commands for CMakeLists.txt: flags and kernel sources."""
+    def setvar(var, values):
+        return f'set({var} "{";".join(values)}")'
+
+    lines = [
+        setvar("LT_CXX_FLAGS", [f"-std=c++{CXX_STANDARD}"] + cxx_flags()),
+        setvar("LT_CUDA_FLAGS", standalone_nvcc_flags(cuda_archs)),
+    ]
+    for name in ("lightning", "im2win"):
+        for kind in ("cpu", "cuda"):
+            lines.append(setvar(f"LT_{name.upper()}_{kind.upper()}_SOURCES", kernel_sources(name, kind)))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    # The torch-free builds read their flags and file lists here:
+    #   build_config.py --cmake 90a          CMake set() commands (CMakeLists.txt)
+    #   build_config.py --nvcc-flags 90a     nvcc flags, space-separated (csrc/im2win/cuda/tests/Makefile)
+    #   build_config.py --sources im2win cuda   kernel sources, space-separated
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--cmake", metavar="CUDA_ARCHITECTURES")
+    mode.add_argument("--nvcc-flags", metavar="CUDA_ARCHITECTURES")
+    mode.add_argument("--sources", nargs=2, metavar=("NAME", "KIND"))
+    cli = parser.parse_args()
+    if cli.cmake is not None:
+        print(_cmake_script(cli.cmake))
+    elif cli.nvcc_flags is not None:
+        print(" ".join(standalone_nvcc_flags(cli.nvcc_flags)))
+    else:
+        print(" ".join(kernel_sources(*cli.sources)))

@@ -1,17 +1,27 @@
 """im2win.nn.Conv2d, a drop-in torch.nn.Conv2d whose forward runs im2win.conv2d, and
-convert(), which swaps the convolutions of an existing model."""
+convert(), which turns the convolutions of an existing model into it."""
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
 from . import ops
 
 __all__ = ["Conv2d", "convert"]
 
-_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-               "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-               "_backward_pre_hooks", "_backward_hooks")
+
+def _explicit_padding(conv: nn.Conv2d):
+    """F.pad's (left, right, top, bottom) for conv's padding, as nn.Conv2d pads the input for a
+    non-zero padding_mode: 'same' splits dilation * (kernel - 1) with the smaller half first."""
+    if conv.padding == "valid":
+        return (0, 0, 0, 0)
+    if conv.padding == "same":
+        amounts = []
+        for dilation, kernel in zip(reversed(conv.dilation), reversed(conv.kernel_size)):
+            total = dilation * (kernel - 1)
+            amounts += [total // 2, total - total // 2]
+        return tuple(amounts)
+    height, width = conv.padding
+    return (width, width, height, height)
 
 
 class Conv2d(nn.Conv2d):
@@ -22,50 +32,21 @@ class Conv2d(nn.Conv2d):
     and convolve with padding 0, exactly as nn.Conv2d does.
     """
 
-    def _conv_forward(self, input: Tensor, weight: Tensor, bias) -> Tensor:
+    def forward(self, input: Tensor) -> Tensor:
         padding = self.padding
         if self.padding_mode != "zeros":
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = _pair(0)
-        return ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups)
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> "Conv2d":
-        """An im2win Conv2d sharing conv's parameters (the same Parameter objects, so an
-        optimiser that holds them keeps working), hooks and training mode."""
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                  padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-                  bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta",
-                  dtype=conv.weight.dtype)
-        new.weight = conv.weight
-        new.bias = conv.bias
-        new.train(conv.training)
-        for name in _HOOK_DICTS:
-            if hasattr(conv, name):
-                getattr(new, name).update(getattr(conv, name))
-        new._is_full_backward_hook = conv._is_full_backward_hook
-        return new
+            input = F.pad(input, _explicit_padding(self), mode=self.padding_mode)
+            padding = 0
+        return ops.conv2d(input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Replaces, in place, every torch.nn.Conv2d of model by an im2win Conv2d that shares its
-    parameters (weights, bias, device, dtype) and keeps stride, padding, padding_mode,
-    dilation and groups. Only modules whose type is exactly nn.Conv2d are swapped: subclasses
-    (ours, or others with their own forward or parametrizations) are left as they are. A
-    module used at several places stays one module. Returns model (a new module if model
-    itself is an nn.Conv2d)."""
-    swapped = {}
-
-    def swap(module):
-        if type(module) is not nn.Conv2d:
-            return module
-        if id(module) not in swapped:
-            swapped[id(module)] = Conv2d.from_conv(module)
-        return swapped[id(module)]
-
-    for parent in list(model.modules()):
-        for name, child in list(parent._modules.items()):  # named_children() skips repeats
-            new = swap(child)
-            if new is not child:
-                setattr(parent, name, new)
-    return swap(model)
+    """Turns, in place, every torch.nn.Conv2d of model into an im2win Conv2d: the same module
+    objects, so parameters (an optimiser that holds them keeps working), buffers, hooks,
+    training mode and every reference to them stay as they are; only the forward changes.
+    Only modules whose type is exactly nn.Conv2d are converted: subclasses (ours, or others
+    with their own forward or parametrizations) are left as they are. Returns model."""
+    for module in model.modules():  # each module once, however often it is used
+        if type(module) is nn.Conv2d:
+            module.__class__ = Conv2d
+    return model

@@ -7,6 +7,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+# at::Tensor::suggest_memory_format as torch's own meta functions compute it: torch has no
+# public form of it, and the fake kernels below must pick the format the binding picks.
 from torch._prims_common import suggest_memory_format
 
 IntPair = Union[int, Sequence[int]]

@@ -59,7 +59,8 @@ def attn(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor] = None, *, sca
 
     Returns:
         (o, final_state): o shaped like v in the given layout; final_state (S, H, D, E) fp32,
-        or None unless output_final_state.
+        or None unless output_final_state. N may be 0: o is then empty and final_state the
+        initial state (zeros without one).
     """
     _check_layout(layout, "lightning.attn")
     if layout == "bnhd":

@@ -366,6 +366,33 @@ def test_varlen_without_initial_state(device):
     assert torch.equal(got[1][1], torch.zeros(H, D, E, device=device)), "an empty sequence's state is 0"
 
 
+@pytest.mark.parametrize("with_state", [True, False], ids=["initial-state", "zero-state"])
+@pytest.mark.parametrize("varlen", [False, True], ids=["batch", "varlen"])
+def test_empty_sequence(device, with_state, varlen):
+    # N = 0, as F.scaled_dot_product_attention takes it: an empty output, the initial state (or
+    # zeros) as the final state; backward carries grad_final_state to the initial state and
+    # gives empty gradients of q, k, v.
+    H, D, E = 3, 32, 16
+    B, S = (1, 3) if varlen else (2, 2)
+    cu = torch.zeros(S + 1, dtype=torch.int32, device=device) if varlen else None
+    q, k = (randn(B, H, 0, D, device=device).requires_grad_() for _ in range(2))
+    v = randn(B, H, 0, E, device=device).requires_grad_()
+    s0 = randn(S, H, D, E, device=device).requires_grad_() if with_state else None
+    o, final_state = lightning.attn(q, k, v, make_slope("fast", H, device), initial_state=s0,
+                                    output_final_state=True, cu_seqlens=cu)
+    assert o.shape == (B, H, 0, E) and o.dtype == v.dtype
+    assert torch.equal(final_state, s0 if with_state else torch.zeros(S, H, D, E, device=device))
+    assert lightning.attn(q, k, v, cu_seqlens=cu)[1] is None
+
+    grad_state = randn(S, H, D, E, device=device)
+    leaves = [q, k, v] + ([s0] if with_state else [])
+    grads = torch.autograd.grad((o * 0).sum() + (final_state * grad_state).sum(), leaves)
+    for leaf, grad in zip(leaves[:3], grads):
+        assert grad.shape == leaf.shape
+    if with_state:
+        assert torch.equal(grads[3], grad_state)
+
+
 # ---------------------------------------------------------------------------------------------
 # Decode: a prefill's final state continues token by token
 # ---------------------------------------------------------------------------------------------

@@ -209,12 +209,15 @@ def test_conv2d_is_a_drop_in(device):
     assert_close(y, y_ref, F32, tol=conv_tol(device))
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's own conv
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
-@pytest.mark.parametrize("padding,stride,dilation", [(1, 1, 1), ((2, 1), 2, 1), ("same", 1, 2)])
-def test_conv2d_padding_modes(device, padding_mode, padding, stride, dilation):
-    theirs = nn.Conv2d(4, 5, 3, stride=stride, padding=padding, dilation=dilation,
+@pytest.mark.parametrize("padding,stride,dilation,kernel",  # 'same' with (2, 4): uneven halves
+                         [(1, 1, 1, 3), ((2, 1), 2, 1, 3), ("same", 1, 2, 3), ("same", 1, 1, (2, 4)),
+                          ("valid", 1, 1, 3)])
+def test_conv2d_padding_modes(device, padding_mode, padding, stride, dilation, kernel):
+    theirs = nn.Conv2d(4, 5, kernel, stride=stride, padding=padding, dilation=dilation,
                        padding_mode=padding_mode, device=device)
-    ours = im2win.nn.Conv2d(4, 5, 3, stride=stride, padding=padding, dilation=dilation,
+    ours = im2win.nn.Conv2d(4, 5, kernel, stride=stride, padding=padding, dilation=dilation,
                             padding_mode=padding_mode, device=device)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 4, 9, 10, device=device)
@@ -282,11 +285,16 @@ def test_convert_keeps_outputs(device):
 
     dtype = F64 if device == "cpu" else F32  # fp64 convolutions are CPU-only
     conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular", device=device, dtype=dtype)
-    new = im2win.nn.convert(conv)
-    assert type(new) is im2win.nn.Conv2d and new.weight is conv.weight
-    assert new.padding_mode == "circular" and new.weight.dtype == dtype
     x = torch.randn(1, 2, 6, 6, device=device, dtype=dtype)
-    assert_close(new(x), conv(x), dtype, tol=None if device == "cpu" else conv_tol(device))
+    with torch.no_grad():
+        expect = conv(x)
+    weight = conv.weight
+    assert im2win.nn.convert(conv) is conv
+    assert type(conv) is im2win.nn.Conv2d and conv.weight is weight
+    assert conv.padding_mode == "circular" and conv.weight.dtype == dtype
+    with torch.no_grad():
+        got = conv(x)
+    assert_close(got, expect, dtype, tol=None if device == "cpu" else conv_tol(device))
 
 
 def test_cnn_training_step_lowers_loss(device):

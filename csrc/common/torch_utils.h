@@ -6,10 +6,22 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-
 #include <string>
 
+#include "dtype.h"
+
 namespace torch_utils {
+
+// The kernels' element type for a dtype that the argument checks let through.
+inline common::DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return common::DType::kFloat64;
+    case at::kFloat: return common::DType::kFloat32;
+    case at::kHalf: return common::DType::kFloat16;
+    case at::kBFloat16: return common::DType::kBFloat16;
+    default: TORCH_CHECK(false, "no kernel for dtype ", t);
+  }
+}
 
 // Raises ValueError "<op>: <arg> must have N dimensions, got ..." on rank mismatch.
 inline void check_rank(const at::Tensor& t, int64_t rank, const char* op, const char* arg) {

@@ -10,8 +10,7 @@
 #include <optional>
 #include <tuple>
 
-#include "../common/python_module.h"
-#include "../common/python_module.h"
+#include "../common/registration.h"
 #include "../common/torch_utils.h"
 #include "conv2d_params.h"
 #include "cpu/conv2d_cpu.h"
@@ -33,16 +32,6 @@ using namespace torch_utils;
 // The CPU path builds the window tensor ((FH / stride) x the input) for a slice of the batch
 // at a time, so its memory stays bounded whatever the batch size.
 constexpr int64_t kCpuWindowBytes = int64_t(64) << 20;
-
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kDouble: return DType::kFloat64;
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, "im2win: unsupported dtype ", t);
-  }
-}
 
 NCHWStrides strides_of(const Tensor& t) {  // t is (N, C, H, W)
   return {stride_or_zero(t, 0), stride_or_zero(t, 1), stride_or_zero(t, 2), stride_or_zero(t, 3)};
@@ -183,6 +172,27 @@ Tensor workspace(size_t bytes, const Tensor& like) {
 }
 #endif
 
+// What the kernels of t's device read: the CUDA kernels t as it is; the CPU kernels compute in
+// float or double and take the weight contiguous.
+Tensor kernel_view(const Tensor& t, bool is_weight = false) {
+  if (t.is_cuda()) return t;
+  return cpu_compute_view(is_weight ? t.contiguous() : t);
+}
+
+// A tensor to write results of `compute_dtype` into for `result`: result itself, or a scratch
+// copy in the wider type (then copied back into result).
+Tensor result_view(const Tensor& result, at::ScalarType compute_dtype) {
+  return result.scalar_type() == compute_dtype ? result : at::empty_like(result, compute_dtype);
+}
+
+void set_inputs(Conv2dParams& p, const Tensor& input, const Tensor& weight) {
+  p.dtype = to_dtype(input.scalar_type());
+  p.input = input.data_ptr();
+  p.weight = weight.data_ptr();
+  p.in_stride = strides_of(input);
+  p.w_stride = strides_of(weight);
+}
+
 Tensor conv2d(const Tensor& input_arg, const Tensor& weight_arg, const optional<Tensor>& bias_arg,
               IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "im2win.conv2d";
@@ -190,42 +200,30 @@ Tensor conv2d(const Tensor& input_arg, const Tensor& weight_arg, const optional<
       check_conv_inputs(input_arg, weight_arg, bias_arg, stride, padding, dilation, groups, op);
   Tensor out = empty_like_format({p.batch, p.out_channels, p.out_h, p.out_w}, input_arg);
   if (out.numel() == 0) return out;
-  Tensor input = dense(input_arg), weight = dense(weight_arg);
-  Tensor bias = bias_arg ? bias_arg->contiguous() : Tensor();
+  Tensor input = kernel_view(dense(input_arg)), weight = kernel_view(dense(weight_arg), true);
+  Tensor bias = bias_arg ? kernel_view(bias_arg->contiguous()) : Tensor();
+  Tensor result = result_view(out, input.scalar_type());
+  set_inputs(p, input, weight);
+  p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  p.output = result.data_ptr();
+  p.out_stride = strides_of(result);
 
 #ifdef WITH_CUDA
   if (input.is_cuda()) {
     c10::cuda::CUDAGuard guard(input.device());
-    p.input = input.data_ptr();
-    p.weight = weight.data_ptr();
-    p.bias = bias.defined() ? bias.data_ptr() : nullptr;
-    p.output = out.data_ptr();
-    p.in_stride = strides_of(input);
-    p.out_stride = strides_of(out);
-    p.w_stride = strides_of(weight);
     Tensor ws = workspace(conv2d_fwd_workspace_bytes(p), input);
     check_launch(conv2d_fwd_cuda(p, ws.data_ptr(), current_stream()), op);
     return out;
   }
 #endif
-  Tensor xc = cpu_compute_view(input), wc = cpu_compute_view(weight.contiguous());
-  Tensor bc = bias.defined() ? cpu_compute_view(bias) : Tensor();
-  Tensor oc = out.scalar_type() == xc.scalar_type() ? out : at::empty_like(out, xc.scalar_type());
-  p.dtype = to_dtype(xc.scalar_type());
-  p.input = xc.data_ptr();
-  p.weight = wc.data_ptr();
-  p.bias = bc.defined() ? bc.data_ptr() : nullptr;
-  p.in_stride = strides_of(xc);
-  p.out_stride = strides_of(oc);
-  p.w_stride = strides_of(wc);
-  for_each_window_slice(xc, p, [&](int64_t start, int64_t length, const void* window) {
+  for_each_window_slice(input, p, [&](int64_t start, int64_t length, const void* window) {
     Conv2dParams slice = p;
     slice.batch = length;
-    slice.output = oc.narrow(0, start, length).data_ptr();
+    slice.output = result.narrow(0, start, length).data_ptr();
     run_cpu(length * channel_blocks(p.out_channels, p.groups), plane_macs(p) * kChannelBlock,
             [&](int64_t b, int64_t e) { conv2d_fwd_cpu(slice, window, b, e); });
   });
-  if (!oc.is_same(out)) out.copy_(oc);
+  if (!result.is_same(out)) out.copy_(result);
   return out;
 }
 
@@ -256,62 +254,44 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output_arg
   const bool want_bias = output_mask[2] && grad_bias.numel() > 0;
   if (!want_input && !want_weight && !want_bias) return {grad_input, grad_weight, grad_bias};
   if (p.batch == 0) return {grad_input, grad_weight.zero_(), grad_bias.zero_()};  // empty sums
-  Tensor input = dense(input_arg), weight = dense(weight_arg);
-  Tensor grad_output = dense(grad_output_arg);
+  Tensor input = kernel_view(dense(input_arg)), weight = kernel_view(dense(weight_arg), true);
+  Tensor grad_output = kernel_view(dense(grad_output_arg));
+  const at::ScalarType compute_dtype = input.scalar_type();
+  Tensor gi = want_input ? result_view(grad_input, compute_dtype) : grad_input;
+  Tensor gw = want_weight ? result_view(grad_weight, compute_dtype) : grad_weight;
+  Tensor gb = want_bias ? result_view(grad_bias, compute_dtype) : grad_bias;
+  set_inputs(b.fwd, input, weight);
+  b.grad_output = grad_output.data_ptr();
+  b.grad_out_stride = strides_of(grad_output);
+  b.grad_input = want_input ? gi.data_ptr() : nullptr;
+  b.grad_in_stride = want_input ? strides_of(gi) : NCHWStrides{};
+  b.grad_weight = want_weight ? gw.data_ptr() : nullptr;
+  b.grad_bias = want_bias ? gb.data_ptr() : nullptr;
 
 #ifdef WITH_CUDA
   if (input.is_cuda()) {
     c10::cuda::CUDAGuard guard(input.device());
-    b.fwd.input = input.data_ptr();
-    b.fwd.weight = weight.data_ptr();
-    b.fwd.in_stride = strides_of(input);
-    b.fwd.w_stride = strides_of(weight);
-    b.grad_output = grad_output.data_ptr();
-    b.grad_out_stride = strides_of(grad_output);
-    b.grad_input = want_input ? grad_input.data_ptr() : nullptr;
-    b.grad_in_stride = want_input ? strides_of(grad_input) : NCHWStrides{};
-    b.grad_weight = want_weight ? grad_weight.data_ptr() : nullptr;
-    b.grad_bias = want_bias ? grad_bias.data_ptr() : nullptr;
     Tensor ws = workspace(conv2d_bwd_workspace_bytes(b), input);
     check_launch(conv2d_bwd_cuda(b, ws.data_ptr(), current_stream()), op);
     return {grad_input, grad_weight, grad_bias};
   }
 #endif
-  Tensor xc = cpu_compute_view(input), wc = cpu_compute_view(weight.contiguous());
-  Tensor gc = cpu_compute_view(grad_output);
-  const bool widened = xc.scalar_type() != input.scalar_type();
-  Tensor gi = widened && want_input ? at::empty_like(grad_input, xc.scalar_type()) : grad_input;
-  // grad_weight is accumulated over slices of the batch, so it starts at zero.
-  Tensor gw = !want_weight ? grad_weight
-              : widened    ? at::zeros(weight.sizes(), wc.options())
-                           : grad_weight.zero_();
-  Tensor gb = widened && want_bias ? at::empty({p.out_channels}, wc.options()) : grad_bias;
-  b.fwd.dtype = to_dtype(xc.scalar_type());
-  b.fwd.input = xc.data_ptr();
-  b.fwd.weight = wc.data_ptr();
-  b.fwd.in_stride = strides_of(xc);
-  b.fwd.w_stride = strides_of(wc);
-  b.grad_output = gc.data_ptr();
-  b.grad_out_stride = strides_of(gc);
   if (want_input) {
-    b.grad_input = gi.data_ptr();
-    b.grad_in_stride = strides_of(gi);
     run_cpu(p.batch * channel_blocks(p.in_channels, p.groups),
             plane_macs(p) * p.out_channels / p.in_channels * kChannelBlock,
             [&](int64_t s, int64_t e) { conv2d_bwd_input_cpu(b, s, e); });
   }
   if (want_weight) {
-    b.grad_weight = gw.data_ptr();
-    for_each_window_slice(xc, b.fwd, [&](int64_t start, int64_t length, const void* window) {
+    gw.zero_();  // accumulated over slices of the batch
+    for_each_window_slice(input, b.fwd, [&](int64_t start, int64_t length, const void* window) {
       Conv2dBwdParams slice = b;
       slice.fwd.batch = length;
-      slice.grad_output = gc.narrow(0, start, length).data_ptr();
+      slice.grad_output = grad_output.narrow(0, start, length).data_ptr();
       run_cpu(channel_blocks(p.out_channels, p.groups), length * plane_macs(p) * kChannelBlock,
               [&](int64_t s, int64_t e) { conv2d_bwd_weight_cpu(slice, window, s, e); });
     });
   }
   if (want_bias) {
-    b.grad_bias = gb.data_ptr();
     run_cpu(p.out_channels, int64_t(p.batch) * p.out_h * p.out_w,
             [&](int64_t s, int64_t e) { conv2d_bwd_bias_cpu(b, s, e); });
   }
@@ -347,29 +327,30 @@ Tensor im2win_transform(const Tensor& input_arg, IntArrayRef kernel_size, IntArr
   Tensor windows = at::empty({p.batch, p.channels, p.out_h, int64_t(p.padded_w) * p.kernel_h},
                              input_arg.options());
   if (windows.numel() == 0) return windows;
-  Tensor input = dense(input_arg);
+  Tensor input = kernel_view(dense(input_arg));
+  Tensor result = result_view(windows, input.scalar_type());
+  p.dtype = to_dtype(input.scalar_type());
+  p.input = input.data_ptr();
+  p.in_stride = strides_of(input);
+  p.output = result.data_ptr();
 
 #ifdef WITH_CUDA
   if (input.is_cuda()) {
     c10::cuda::CUDAGuard guard(input.device());
-    p.input = input.data_ptr();
-    p.in_stride = strides_of(input);
-    p.output = windows.data_ptr();
     check_launch(im2win_cuda(p, current_stream()), op);
     return windows;
   }
 #endif
-  Tensor xc = cpu_compute_view(input);
-  Tensor wc = windows.scalar_type() == xc.scalar_type() ? windows
-                                                         : at::empty_like(windows, xc.scalar_type());
-  p.dtype = to_dtype(xc.scalar_type());
-  p.input = xc.data_ptr();
-  p.in_stride = strides_of(xc);
-  p.output = wc.data_ptr();
   run_cpu(int64_t(p.batch) * p.channels, window_plane_elems(p),
           [&](int64_t b, int64_t e) { im2win_cpu(p, b, e); });
-  if (!wc.is_same(windows)) windows.copy_(wc);
+  if (!result.is_same(windows)) windows.copy_(result);
   return windows;
+}
+
+void bind_kernels(torch::Library& m) {
+  m.impl("conv2d", &conv2d);
+  m.impl("conv2d_backward", &conv2d_backward);
+  m.impl("im2win", &im2win_transform);
 }
 
 }  // namespace
@@ -387,19 +368,7 @@ TORCH_LIBRARY(im2win, m) {
       "int[2] dilation) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(im2win, CPU, m) {
-  m.impl("conv2d", &conv2d);
-  m.impl("conv2d_backward", &conv2d_backward);
-  m.impl("im2win", &im2win_transform);
-}
-
-#ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(im2win, CUDA, m) {
-  m.impl("conv2d", &conv2d);
-  m.impl("conv2d_backward", &conv2d_backward);
-  m.impl("im2win", &im2win_transform);
-}
-#endif
+LT_REGISTER_CPU_AND_CUDA(im2win, bind_kernels)
 
 }  // namespace im2win
 

@@ -8,9 +8,12 @@
 
 #include <cstdint>
 
+#include "../common/dtype.h"
+#include "../common/limits.h"
+
 namespace im2win {
 
-enum class DType { kFloat64, kFloat32, kFloat16, kBFloat16 };
+using common::DType;
 
 // Which arithmetic the GEMM may use for fp32 data: exact fp32 (FFMA or 3xTF32), or TF32
 // tensor cores (torch.backends.cudnn.allow_tf32).

@@ -9,7 +9,7 @@
 #include <tuple>
 
 #include "../common/passed_checks.h"
-#include "../common/python_module.h"
+#include "../common/registration.h"
 #include "../common/torch_utils.h"
 #include "attn_params.h"
 #include "cpu/attn_cpu.h"
@@ -25,18 +25,6 @@ namespace {
 using at::Tensor;
 using std::optional;
 using namespace torch_utils;
-
-constexpr int kMaxHeadDim = 256;
-
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kDouble: return DType::kFloat64;
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, "lightning: unsupported dtype ", t);
-  }
-}
 
 Strides strides_of(const Tensor& t) {  // t is (B, H, N, X)
   return {stride_or_zero(t, 0), stride_or_zero(t, 1), stride_or_zero(t, 2)};
@@ -90,8 +78,8 @@ void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, int64_t rank, 
 }
 
 void check_head_dim(int64_t dim, const char* op, const char* name) {
-  TORCH_CHECK_VALUE(dim >= 16 && dim <= kMaxHeadDim && dim % 16 == 0, op, ": ", name,
-                    " must be a multiple of 16 in [16, ", kMaxHeadDim, "], got ", dim);
+  TORCH_CHECK_VALUE(dim >= 16 && dim <= common::kMaxHeadDim && dim % 16 == 0, op, ": ", name,
+                    " must be a multiple of 16 in [16, ", common::kMaxHeadDim, "], got ", dim);
 }
 
 void check_slope(const optional<Tensor>& slope, const Tensor& q, int64_t heads, const char* op) {
@@ -159,7 +147,6 @@ AttnInputs check_attn_inputs(const Tensor& q_in, const Tensor& k_in, const Tenso
                         v_in.size(2) == q_in.size(2),
                     op, ": v must be (B, H, N, E) with (B, H, N) of q = ",
                     q_in.sizes().slice(0, 3), ", got ", v_in.sizes());
-  TORCH_CHECK_VALUE(q_in.size(2) >= 1, op, ": the sequence length N must be >= 1");
   const int64_t heads = q_in.size(1), d = q_in.size(3), e = v_in.size(3);
   check_head_dim(d, op, "the head dim D of q and k");
   check_head_dim(e, op, "the head dim E of v");
@@ -174,9 +161,10 @@ AttnInputs check_attn_inputs(const Tensor& q_in, const Tensor& k_in, const Tenso
     in.cu_seqlens = checked_cu_seqlens(*cu_seqlens, q_in, op);
     in.num_seqs = in.cu_seqlens.size(0) - 1;
   }
-  // The CUDA grid is (slices, heads, sequences): its y and z extents stop at 65535.
-  TORCH_CHECK(!q_in.is_cuda() || (in.num_seqs <= 65535 && heads <= 65535), op,
-              ": at most 65535 sequences and 65535 heads per call on CUDA, got ", in.num_seqs, " and ", heads);
+  // The CUDA grid is (slices, heads, sequences): its y and z extents stop at kMaxGridYZ.
+  constexpr int kMaxGrid = common::kMaxGridYZ;
+  TORCH_CHECK(!q_in.is_cuda() || (in.num_seqs <= kMaxGrid && heads <= kMaxGrid), op, ": at most ", kMaxGrid,
+              " sequences and ", kMaxGrid, " heads per call on CUDA, got ", in.num_seqs, " and ", heads);
   if (slope) in.slope = slope->contiguous();
   if (initial_state) {
     check_state(*initial_state, q_in, in.num_seqs, heads, d, e, op, "initial_state");
@@ -201,8 +189,10 @@ AttnInputs check_attn_inputs(const Tensor& q_in, const Tensor& k_in, const Tenso
   return in;
 }
 
+#ifdef WITH_CUDA
 // Scratch of the CUDA kernels (attn_*_cuda_workspace floats); an empty tensor has no storage.
 float* float_ptr_or_null(Tensor& t) { return t.numel() > 0 ? t.data_ptr<float>() : nullptr; }
+#endif
 
 int64_t tokens_per_item(const AttnInputs& in) {
   return in.cu_seqlens.defined() ? in.params.seqlen / std::max<int64_t>(1, in.num_seqs) : in.params.seqlen;
@@ -222,7 +212,10 @@ std::tuple<Tensor, Tensor> attn(const Tensor& q, const Tensor& k, const Tensor& 
                            : at::empty({0}, q.options().dtype(at::kFloat));
   AttnParams p = in.params;
   p.final_state = output_final_state ? final_state.data_ptr<float>() : nullptr;
-  if (q.numel() == 0 && v.numel() == 0) return {o, final_state};
+  if (o.numel() == 0) {  // no tokens (or no sequence or head): the state passes through
+    if (output_final_state) initial_state ? final_state.copy_(in.initial_state) : final_state.zero_();
+    return {o, final_state};
+  }
 
 #ifdef WITH_CUDA
   if (q.is_cuda()) {
@@ -239,7 +232,7 @@ std::tuple<Tensor, Tensor> attn(const Tensor& q, const Tensor& k, const Tensor& 
   set_qkv(p, qc, kc, vc);
   p.o = oc.data_ptr();
   p.o_stride = strides_of(oc);
-  run_cpu(in.num_seqs * heads, tokens_per_item(in) * (64 + d) * (d + e),
+  run_cpu(in.num_seqs * heads, tokens_per_item(in) * (common::kLightningBlock + d) * (d + e),
           [&](int64_t b, int64_t e_) { attn_fwd_cpu(p, b, e_); });
   if (!oc.is_same(o)) o.copy_(oc);
   return {o, final_state};
@@ -266,6 +259,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attn_backward(
   Tensor d_init = initial_state ? at::empty_like(in.initial_state)
                                 : at::empty({0}, q.options().dtype(at::kFloat));
 
+  if (gout.numel() == 0) {  // no tokens: the final state is the initial one
+    if (initial_state) grad_final_state ? d_init.copy_(g_final) : d_init.zero_();
+    return {dq, dk, dv, d_init};
+  }
+
   AttnBwdParams p;
   p.fwd = in.params;
   p.grad_final_state = grad_final_state ? g_final.data_ptr<float>() : nullptr;
@@ -288,7 +286,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attn_backward(
   Tensor dvc = widened ? at::empty_like(vc) : dv;
   set_qkv(p.fwd, qc, kc, vc);
   set_grads(p, gc, dqc, dkc, dvc);
-  run_cpu(in.num_seqs * heads, 3 * tokens_per_item(in) * (64 + d) * (d + e),
+  run_cpu(in.num_seqs * heads, 3 * tokens_per_item(in) * (common::kLightningBlock + d) * (d + e),
           [&](int64_t b, int64_t e_) { attn_bwd_cpu(p, b, e_); });
   if (widened) {
     dq.copy_(dqc);
@@ -345,6 +343,12 @@ Tensor attn_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& st
   return o;
 }
 
+void bind_kernels(torch::Library& m) {
+  m.impl("attn", &attn);
+  m.impl("attn_backward", &attn_backward);
+  m.impl("attn_decode", &attn_decode);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lightning, m) {
@@ -360,19 +364,7 @@ TORCH_LIBRARY(lightning, m) {
       "-> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(lightning, CPU, m) {
-  m.impl("attn", &attn);
-  m.impl("attn_backward", &attn_backward);
-  m.impl("attn_decode", &attn_decode);
-}
-
-#ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(lightning, CUDA, m) {
-  m.impl("attn", &attn);
-  m.impl("attn_backward", &attn_backward);
-  m.impl("attn_decode", &attn_decode);
-}
-#endif
+LT_REGISTER_CPU_AND_CUDA(lightning, bind_kernels)
 
 }  // namespace lightning
 

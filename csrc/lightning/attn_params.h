@@ -7,11 +7,13 @@
 
 #include <cstdint>
 
+#include "../common/dtype.h"
+#include "../common/limits.h"
 #include "../common/macros.h"
 
 namespace lightning {
 
-enum class DType { kFloat64, kFloat32, kFloat16, kBFloat16 };
+using common::DType;
 
 struct Strides {
   int64_t b, h, n;  // in elements; the last dimension is always contiguous

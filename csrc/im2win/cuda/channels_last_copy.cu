@@ -15,7 +15,7 @@ namespace im2win {
 namespace {
 
 constexpr int kTile = 32, kRowsPerPass = 8;
-constexpr int kMaxGridZ = 65535;
+constexpr int kMaxGridZ = common::kMaxGridYZ;
 
 // Where a value goes: dst as it is, or (kSplitTf32) its TF32 rounding to dst and, unless
 // small is nullptr, the exact remainder to small.

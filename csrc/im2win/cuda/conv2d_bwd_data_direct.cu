@@ -91,7 +91,7 @@ bool conv2d_bwd_data_direct_supported(const Conv2dBwdParams& b) {
   const int64_t phases = int64_t(p.stride_h) * p.stride_w;
   const int64_t blocks = (int64_t(p.batch) * ceil_div(p.in_h, p.stride_h) * ceil_div(p.in_w, p.stride_w) +
                           kThreads - 1) / kThreads;
-  return p.in_channels / p.groups <= kMaxChannels && phases <= 65535 && blocks <= INT32_MAX;
+  return p.in_channels / p.groups <= kMaxChannels && phases <= common::kMaxGridYZ && blocks <= INT32_MAX;
 }
 
 cudaError_t conv2d_bwd_data_direct(const Conv2dBwdParams& b, cudaStream_t stream) {

@@ -327,7 +327,7 @@ bool conv2d_fwd_wgmma_supported(const Conv2dParams& p) {
   if (p.groups != 1) return false;
   const int C = padded_channels(p);
   // In-sample offsets of the padded copies are ints, as everywhere (conv2d_plan.cu).
-  return int64_t(C) * p.in_h * p.in_w < INT32_MAX - 1024 &&
+  return int64_t(C) * p.in_h * p.in_w < common::kMaxIntIndex &&
          plan_slices(C, p.kernel_h, p.kernel_w, slice_values(p.dtype)).slices >= kMinSlices;
 }
 

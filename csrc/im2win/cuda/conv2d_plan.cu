@@ -13,8 +13,8 @@ namespace {
 
 // GEMM extents and offsets inside one sample are ints; the headroom covers a tile's overrun
 // past the end of a range.
-constexpr int64_t kMaxIndex = INT32_MAX - 1024;
-constexpr int kMaxGroups = 65535;  // gridDim.z
+constexpr int64_t kMaxIndex = common::kMaxIntIndex;
+constexpr int kMaxGroups = common::kMaxGridYZ;  // gridDim.z
 
 bool fits(int64_t v) { return v >= 0 && v <= kMaxIndex; }
 

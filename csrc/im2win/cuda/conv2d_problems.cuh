@@ -253,7 +253,7 @@ struct BwdWeightProblem : GemmShape {
 struct WeightGradPlan {
   static constexpr int kTargetBlocks = 264;
   static constexpr int kMinSplitLength = 256;
-  static constexpr int kMaxGridZ = 65535;
+  static constexpr int kMaxGridZ = common::kMaxGridYZ;
 
   GemmConfig config = GemmConfig::kMma;
   int splits = 1, r_chunk = 1;

@@ -15,7 +15,7 @@
 namespace lightning {
 namespace {
 
-constexpr int kBlock = 64;
+constexpr int kBlock = common::kLightningBlock;
 
 // C (M x N) += A (M x K) B (K x N), all row-major with leading dimensions lda, ldb, ldc. Four
 // rows of C at a time share each load of B's row, and the inner loop runs along contiguous

@@ -12,7 +12,7 @@ namespace lightning {
 namespace {
 
 constexpr int kDecodeThreads = 256;
-constexpr int kMaxDim = 256;
+constexpr int kMaxDim = common::kMaxHeadDim;
 
 template <typename T>
 __global__ void __launch_bounds__(kDecodeThreads) attn_decode_kernel(const __grid_constant__ AttnDecodeParams p) {

@@ -13,10 +13,12 @@ namespace lightning {
 cudaError_t launch_sweep(const SweepParams& p, cudaStream_t stream);
 
 // The width_ab bucket, one compiled instantiation each (launch_sweep_for below), that runs a
-// sweep of width_ab columns of a and b (at most 256).
+// sweep of width_ab columns of a and b (at most the largest head dim).
 constexpr int width_ab_bucket(int width_ab) {
   return width_ab <= 64 ? 64 : width_ab <= 128 ? 128 : width_ab <= 192 ? 192 : 256;
 }
+static_assert(width_ab_bucket(common::kMaxHeadDim) == common::kMaxHeadDim,
+              "the widest bucket (sweep_*_w256.cu) is the largest head dim");
 
 // Columns of c per CTA on tensor cores: the fp32 state takes width_ab / 4 x slice / 32
 // registers a thread (64 at 128 x 64, 96 at 192 x 64, 64 at 256 x 32). A wider slice means

@@ -24,6 +24,7 @@ struct SweepFfmaTraits {
                                         + kBlock + 1;           // decay
   static constexpr size_t kSmemBytes = kSmemFloats * sizeof(float);
   static_assert(kThreads % kSliceC == 0, "slice must divide the thread count");
+  static_assert(common::kLightningBlock % kBlock == 0, "a split sweep's chunks (whole lightning blocks) are whole blocks here too");
 };
 
 template <typename Tr>

@@ -20,10 +20,11 @@ template <typename T, int kWidthAB_, int kSliceC_>
 struct SweepMmaTraits {
   static constexpr int kWidthAB = kWidthAB_;  // a/b columns in shared memory (masked past width_ab)
   static constexpr int kSliceC = kSliceC_;    // columns of c / out / S per CTA
-  static constexpr int kBlock = 64;           // rows per block
+  static constexpr int kBlock = common::kLightningBlock;  // rows per block
   static constexpr int kOutputWarps = 4;  // 16 rows of the block each
   static constexpr int kStateWarps = 4;   // kWidthAB / 4 rows of S each
   static constexpr int kThreads = (kOutputWarps + kStateWarps) * 32;
+  static_assert(kBlock == 16 * kOutputWarps, "each output warp owns 16 rows of the block");
   using LayoutAB = tile::SmemLayout<kWidthAB>;  // a, b blocks
   using LayoutC = tile::SmemLayout<kSliceC>;    // c blocks and the 16-bit state
   static constexpr int kStateRowsPerWarp = kWidthAB / kStateWarps;
@@ -41,7 +42,8 @@ struct SweepMmaTraits {
       (2 * (kStageA + kStageB + kStageC + kState)) * sizeof(T) + (kOutDecay + kKeyDecay) * sizeof(float);
   // Two CTAs per SM when their shared memory fits (228 KiB an SM, 1 KiB reserved a CTA):
   // with one barrier per block, the other CTA keeps the tensor cores busy meanwhile.
-  static constexpr int kMinCtasPerSm = 2 * (kSmemBytes + 1024) <= 228 * 1024 ? 2 : 1;
+  static constexpr int kMinCtasPerSm =
+      common::kSweepCtasPerSm * (kSmemBytes + 1024) <= 228 * 1024 ? common::kSweepCtasPerSm : 1;
   static_assert(kStateRowsPerWarp % 16 == 0 && kSliceC % 16 == 0, "tile shapes");
 };
 

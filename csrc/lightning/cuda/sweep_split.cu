@@ -13,7 +13,7 @@
 namespace lightning {
 namespace {
 
-constexpr int kSplitBlock = 64;       // chunk lengths are whole blocks of both kernels (64, 32)
+constexpr int kSplitBlock = common::kLightningBlock;  // chunks are whole blocks of both kernels
 constexpr int kMinChunkBlocks = 16;   // keeps steps 1 and 2 small next to step 3
 constexpr int kPrefixThreads = 256;
 
@@ -54,7 +54,7 @@ SweepSplit plan_sweep_split(const SweepParams& p) {
     return none;
   const int slice = sweep_slice_width(p);
   const int64_t ctas = int64_t((p.width_c + slice - 1) / slice) * p.heads * p.num_seqs;
-  const int64_t slots = 2 * int64_t(sms);  // two CTAs an SM where shared memory allows
+  const int64_t slots = common::kSweepCtasPerSm * int64_t(sms);  // CTAs an SM where shared memory allows
   // Only when at most half the SMs have work: with most SMs busy already, reading b and c
   // twice and the extra launches cost more than the added CTAs gain (benchmarks/NOTES.md).
   if (ctas <= 0 || 2 * ctas > sms) return none;
