@@ -7,6 +7,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.14.1
+# torchvision built for TORCH_VERSION (bench_im2win's ResNet-50 steps and their smoke test)
+TORCHVISION_VERSION ?= 0.29.1
 VPY := $(VENV)/bin/python
 
 # nvcc on PATH may be a wrapper script: torch needs the real toolkit root.
@@ -27,6 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==$(TORCH_VERSION) numpy pytest ninja pybind11 setuptools wheel matplotlib
+	$(VPY) -m pip install -q torchvision==$(TORCHVISION_VERSION) transformers
 	touch $@
 
 build: $(VENV)/.built $(VENV)/.editable
