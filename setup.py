@@ -2,7 +2,7 @@
 
 Switches (environment variables, all printed at start):
   FORCE_CUDA=1            build the CUDA kernels even if nvcc is not found on this machine
-  TORCH_CUDA_ARCH_LIST    GPU architectures (default 9.0, the H200; no GPU is probed)
+  TORCH_CUDA_ARCH_LIST    GPU architectures (default 9.0, Hopper; no GPU is probed)
   MAX_JOBS                parallel compile jobs (ninja)
   DEBUG=1                 -O0 -g
 """

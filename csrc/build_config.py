@@ -58,10 +58,10 @@ def cuda_enabled():
 
 
 def default_arch_list():
-    """TORCH_CUDA_ARCH_LIST as given, else 9.0 (the H200), which torch would otherwise guess;
-    9.0 is built as 9.0a. The fp32 convolution's Hopper kernel (wgmma) exists only in sm_90a
-    code, and an sm_90a binary runs on the same devices as an sm_90 one (compute capability
-    9.0 exactly); 9.0+PTX stays as it is (the kernels ask the device what they got)."""
+    """TORCH_CUDA_ARCH_LIST as given, else 9.0 (Hopper: H100, H200), which torch would
+    otherwise guess; 9.0 is built as 9.0a. The convolution's Hopper kernel (wgmma) exists only
+    in sm_90a code, and an sm_90a binary runs on the same devices as an sm_90 one (compute
+    capability 9.0 exactly); 9.0+PTX stays as it is (then no sm_90a code, no wgmma)."""
     archs = (os.environ.get("TORCH_CUDA_ARCH_LIST") or "9.0").replace(",", ";").replace(" ", ";")
     return ";".join("9.0a" if a == "9.0" else a for a in archs.split(";") if a)
 
@@ -122,11 +122,11 @@ def compile_args(with_cuda, debug=False):
 def link_args():
     """-fopenmp, and the shared libstdc++ when the compiler would link the static one.
 
-    Where the compiler finds no libstdc++.so link (seen on the H200 image: `c++
-    -print-file-name=libstdc++.so` answers a bare name), it links libstdc++.a into the
-    extension: the module then carries its own copy of the iostream/locale code, and
-    formatting a number in an error message (TORCH_CHECK with a size) segfaulted against the
-    process's libstdc++. Naming the runtime library fixed it there.
+    Where the compiler finds no libstdc++.so link (some images ship only the versioned
+    libstdc++.so.6: `c++ -print-file-name=libstdc++.so` then answers a bare name), it links
+    libstdc++.a into the extension: the module then carries its own copy of the
+    iostream/locale code, and formatting a number in an error message (TORCH_CHECK with a
+    size) crashes against the process's libstdc++. Naming the runtime library avoids it.
     """
     args = ["-fopenmp"]
     cxx = os.environ.get("CXX", "c++")
