@@ -361,27 +361,21 @@ def main(argv=None):
     print(f"[bench_integrations] {meta.get('gpu') or args.device} torch {torch.__version__} "
           f"transformers {meta['transformers']} sections={args.sections} smoke={args.smoke}", flush=True)
     model = None
+
+    def rows_of(section):
+        nonlocal model
+        if section in ("prefill", "generate"):
+            if model is None:
+                model = build_model(args)
+                result["model_params"] = sum(p.numel() for p in model.parameters())
+            runner = section_prefill if section == "prefill" else section_generate
+            return runner(model, args, budget)
+        runner = section_fla if section == "fla" else section_fla_decode
+        return runner(args, budget)
+
     for section in args.sections:
-        t0 = time.time()
-        print(f"[bench_integrations] section {section} (elapsed {budget.elapsed():.0f} s)", flush=True)
-        try:
-            if section in ("prefill", "generate"):
-                if model is None:
-                    model = build_model(args)
-                    result["model_params"] = sum(p.numel() for p in model.parameters())
-                runner = section_prefill if section == "prefill" else section_generate
-                result["rows"] += runner(model, args, budget)
-            else:
-                runner = section_fla if section == "fla" else section_fla_decode
-                result["rows"] += runner(args, budget)
-        except Exception as exc:  # noqa: BLE001
-            print(f"[bench_integrations] section {section} failed: {common.short_err(exc)}")
-            traceback.print_exc()
-            result.setdefault("section_errors", {})[section] = common.short_err(exc)
-        result["sections_done"].append(section)
-        result["elapsed_s"] = budget.elapsed()
-        path = common.write_json(args.name, result, args.out)  # after each section: partial results survive
-        print(f"[bench_integrations] section {section} done in {time.time() - t0:.0f} s -> {path}", flush=True)
+        common.run_section("bench_integrations", section, lambda: rows_of(section), result, budget,
+                           args.name, args.out)
     print(f"[bench_integrations] total {budget.elapsed():.0f} s", flush=True)
 
 

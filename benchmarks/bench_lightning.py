@@ -617,20 +617,10 @@ def main(argv=None):
     runners = {"accuracy": section_accuracy, "fwd": section_fwd, "decode": section_decode,
                "dims": section_dims, "constant": section_constant}
     for section in SECTIONS:
-        if section not in args.sections:
-            continue
-        t0 = time.time()
-        print(f"[bench_lightning] section {section} (elapsed {budget.elapsed():.0f} s)", flush=True)
-        try:
-            result["rows"] += runners[section](impls, args, budget, ceil)
-        except Exception as exc:  # noqa: BLE001
-            print(f"[bench_lightning] section {section} failed: {common.short_err(exc)}")
-            traceback.print_exc()
-            result.setdefault("section_errors", {})[section] = common.short_err(exc)
-        result["sections_done"].append(section)
-        result["elapsed_s"] = budget.elapsed()
-        path = common.write_json(args.name, result, args.out)  # after each section: partial results survive
-        print(f"[bench_lightning] section {section} done in {time.time() - t0:.0f} s -> {path}", flush=True)
+        if section in args.sections:
+            common.run_section("bench_lightning", section,
+                               lambda: runners[section](impls, args, budget, ceil),
+                               result, budget, args.name, args.out)
     print_summary(result)
     print(f"\n[bench_lightning] total {budget.elapsed():.0f} s", flush=True)
 

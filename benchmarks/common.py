@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 
 import torch
 
@@ -253,6 +254,24 @@ def write_json(name, data, out_dir=None):
     if env_out and os.path.isdir(env_out) and os.path.realpath(env_out) != os.path.realpath(out_dir):
         shutil.copy(path, os.path.join(env_out, f"{name}.json"))
     return path
+
+
+def run_section(bench, section, rows_of, result, budget, name, out_dir):
+    """One section of a benchmark: its rows (rows_of()) appended to result["rows"], a failure
+    recorded in result["section_errors"] rather than ending the run, and the json written
+    after it, so that partial results survive a later crash or timeout."""
+    t0 = time.time()
+    print(f"[{bench}] section {section} (elapsed {budget.elapsed():.0f} s)", flush=True)
+    try:
+        result["rows"] += rows_of()
+    except Exception as exc:  # noqa: BLE001
+        print(f"[{bench}] section {section} failed: {short_err(exc)}")
+        traceback.print_exc()
+        result.setdefault("section_errors", {})[section] = short_err(exc)
+    result["sections_done"].append(section)
+    result["elapsed_s"] = budget.elapsed()
+    path = write_json(name, result, out_dir)
+    print(f"[{bench}] section {section} done in {time.time() - t0:.0f} s -> {path}", flush=True)
 
 
 def merge_earlier(result, path, label, redone):

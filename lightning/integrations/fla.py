@@ -90,6 +90,15 @@ def _slope_from_g_gamma(g_gamma: Tensor, fn: str) -> Tensor:
     return slope
 
 
+def _slope_of_gates(g: Optional[Tensor], g_gamma: Optional[Tensor], fn: str) -> Optional[Tensor]:
+    """The slopes of simple GLA's gates: from g_gamma, None without decay; per-token g refused."""
+    if g is not None:
+        raise NotImplementedError(
+            f"{fn}: per-token gates g are not supported by lightning.attn (one constant decay "
+            f"per head); pass the per-head log decay g_gamma (H,) instead, or use FLA for g")
+    return _slope_from_g_gamma(g_gamma, fn) if g_gamma is not None else None
+
+
 def _run(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor], scale: Optional[float],
          initial_state: Optional[Tensor], output_final_state: bool, state_v_first: bool,
          cu_seqlens: Optional[Tensor], reverse: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
@@ -147,11 +156,7 @@ def chunk_simple_gla(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor] = None
     """
     fn = "chunk_simple_gla"
     _check_kwargs(kwargs, fn)
-    if g is not None:
-        raise NotImplementedError(
-            f"{fn}: per-token gates g are not supported by lightning.attn (one constant decay "
-            f"per head); pass the per-head log decay g_gamma (H,) instead, or use FLA for g")
-    slope = _slope_from_g_gamma(g_gamma, fn) if g_gamma is not None else None
+    slope = _slope_of_gates(g, g_gamma, fn)
     return _run(q, k, v, slope, scale, initial_state, output_final_state, state_v_first,
                 cu_seqlens)
 
@@ -168,11 +173,7 @@ def fused_recurrent_simple_gla(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tens
     written."""
     fn = "fused_recurrent_simple_gla"
     _check_kwargs(kwargs, fn)
-    if g is not None:
-        raise NotImplementedError(
-            f"{fn}: per-token gates g are not supported by lightning.attn (one constant decay "
-            f"per head); pass the per-head log decay g_gamma (H,) instead, or use FLA for g")
-    slope = _slope_from_g_gamma(g_gamma, fn) if g_gamma is not None else None
+    slope = _slope_of_gates(g, g_gamma, fn)
     return _run(q, k, v, slope, scale, initial_state, output_final_state, state_v_first,
                 cu_seqlens, reverse=reverse)
 
