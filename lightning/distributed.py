@@ -50,6 +50,8 @@ _FIELDS = ("status", "N", "B", "H", "D", "E", "dtype", "device type", "slope giv
 _OK, _EMPTY, _INVALID = 0, 1, 2            # status
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _SIDE_STREAMS = {}                         # CUDA device -> stream that reads metadata back
+# bmm with an fp32 output for 16-bit inputs (aten::bmm.dtype), where this torch has it.
+_BMM_HAS_OUT_DTYPE = "dtype" in torch.ops.aten.bmm.overloads()
 
 
 # ------------------------------------------------------------------------------ the math
@@ -60,7 +62,7 @@ def _matmul_fp32(a: Tensor, b: Tensor) -> Tensor:
     cores), the fp32 product of the same values elsewhere; fp64 inputs multiply in fp64. fp32
     inputs on CUDA follow torch.backends.cuda.matmul.allow_tf32 (off by default)."""
     if a.dtype in (torch.float16, torch.bfloat16):
-        if a.is_cuda:
+        if a.is_cuda and _BMM_HAS_OUT_DTYPE:
             out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]),
                             out_dtype=torch.float32)
             return out.view(*a.shape[:-1], b.shape[-1])
