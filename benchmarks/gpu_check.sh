@@ -16,16 +16,22 @@
 #   quick            not a step: makes the bench steps run with --quick
 #   bench-lightning  benchmarks/bench_lightning.py --out $OUT   (+ $BENCH_LIGHTNING_ARGS)
 #   bench-im2win     benchmarks/bench_im2win.py --out $OUT      (+ $BENCH_IM2WIN_ARGS)
+#   bench-sp         benchmarks/bench_sequence_parallel.py --out $OUT (+ $BENCH_SP_ARGS): on one
+#                    GPU the per-rank compute and the labelled all-gather model; with several
+#                    GPUs under torchrun ($SP_RANKS processes when set)
+#   bench-integrations  benchmarks/bench_integrations.py --out $OUT (+ $BENCH_INTEGRATIONS_ARGS)
 #   report           benchmarks/report.py on $OUT: report.md, lightning.png, im2win.png
 #                    (runs by itself after any bench step)
 #   demo             `make demo` (the main job at its GPU size) on the build above, through a
-#                    venv shim over this python whose stamps say "installed, built", so make
-#                    neither creates a venv nor rebuilds; demo.log and demo.png
+#                    venv shim over this python whose stamps say "installed, built, installed
+#                    editable", so make neither creates a venv, rebuilds nor installs;
+#                    demo.log and demo.png
 #   all              build tests ctest sanitizer bench-lightning bench-im2win
 #
 # Files in $OUT (default /tmp/gpu_out): build_test.log (build, import check, tests),
-# check.log (ctest, sanitizer), bench.log, lightning.json, im2win.json, report.md,
-# lightning.png, im2win.png, and for the demo step demo.log and demo.png. Peer wheels in
+# check.log (ctest, sanitizer), bench.log, lightning.json, im2win.json,
+# sequence_parallel.json, integrations.json, report.md, lightning.png, im2win.png, and for
+# the demo step demo.log and demo.png. Peer wheels in
 # .whl/ (fla-core, lightning-attn) are installed into /tmp/site for bench-lightning.
 # Every step has a timeout ($BUILD_TIMEOUT, $TESTS_TIMEOUT, $CTEST_TIMEOUT, $SANITIZER_TIMEOUT
 # per tool, $BENCH_TIMEOUT per bench, $DEMO_TIMEOUT). $GIT_COMMIT names the commit recorded in
@@ -55,10 +61,10 @@ if [ $# -eq 0 ]; then
 fi
 for a in "$@"; do
   case "$a" in
-    build|tests|ctest|sanitizer|bench-lightning|bench-im2win|report|demo) WANT[$a]=1 ;;
+    build|tests|ctest|sanitizer|bench-lightning|bench-im2win|bench-sp|bench-integrations|report|demo) WANT[$a]=1 ;;
     quick) QUICK="--quick" ;;
     all) for s in build tests ctest sanitizer bench-lightning bench-im2win; do WANT[$s]=1; done ;;
-    *) echo "gpu_check.sh: unknown step '$a' (build tests ctest sanitizer quick bench-lightning bench-im2win report demo all)"; exit 2 ;;
+    *) echo "gpu_check.sh: unknown step '$a' (build tests ctest sanitizer quick bench-lightning bench-im2win bench-sp bench-integrations report demo all)"; exit 2 ;;
   esac
 done
 want() { [ -n "${WANT[$1]:-}" ]; }
@@ -210,6 +216,18 @@ if want bench-im2win; then
     --out "$OUT" $QUICK ${BENCH_IM2WIN_ARGS:-}
   BENCHED=1
 fi
+if want bench-sp; then
+  sp_cmd=("$PY")
+  [ -n "${SP_RANKS:-}" ] && sp_cmd=(torchrun --nproc_per_node "$SP_RANKS")
+  # shellcheck disable=SC2086
+  run_step bench-sp "$BENCH_LOG" timeout "${BENCH_TIMEOUT:-450}" "${sp_cmd[@]}" \
+    benchmarks/bench_sequence_parallel.py --out "$OUT" ${BENCH_SP_ARGS:-}
+fi
+if want bench-integrations; then
+  # shellcheck disable=SC2086
+  run_step bench-integrations "$BENCH_LOG" timeout "${BENCH_TIMEOUT:-550}" "$PY" \
+    benchmarks/bench_integrations.py --out "$OUT" ${BENCH_INTEGRATIONS_ARGS:-}
+fi
 if want report || [ $BENCHED = 1 ]; then
   run_step report "$BENCH_LOG" bash -c "'$PY' benchmarks/report.py --results '$OUT' --png-dir '$OUT' > '$OUT/report.md'"
 fi
@@ -220,7 +238,9 @@ run_demo() {
   mkdir -p "$shim/bin"
   printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v "$PY")" > "$shim/bin/python"
   chmod +x "$shim/bin/python"
-  touch "$shim/.installed" "$shim/.built"  # not older than the sources: make does not rebuild
+  # not older than the sources: make neither rebuilds nor installs into this python's
+  # environment (which may hold PyTorch Lightning's own `lightning`)
+  touch "$shim/.installed" "$shim/.built" "$shim/.editable"
   make demo VENV="$shim" && cp examples/demo.png "$OUT/"
 }
 export -f run_demo
