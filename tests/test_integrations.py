@@ -179,6 +179,18 @@ def test_g_gamma_written_in_place_is_read_again(device):
     assert_close(o2, ro, exact(device))
 
 
+def test_g_gamma_made_in_inference_mode(device):
+    """Inference tensors have no version counter: their slope is kept by identity."""
+    q, k, v = (bthd(1, 20, 2, 16, device, exact(device)) for _ in range(3))
+    with torch.inference_mode():
+        g_gamma = torch.tensor([-0.5, -0.1], device=device)
+        o1, _ = lfla.chunk_simple_gla(q, k, v, g_gamma=g_gamma)
+        o2, _ = lfla.chunk_simple_gla(q, k, v, g_gamma=g_gamma)
+    ro, _ = reference_bthd(q, k, v, -g_gamma.cpu(), 16 ** -0.5, None)
+    assert torch.equal(o1, o2)
+    assert_close(o1, ro, exact(device))
+
+
 def test_fla_errors(device):
     q, k, v = (bthd(1, 20, 2, 16, device, F32) for _ in range(3))
     g = torch.zeros(1, 20, 2, device=device)

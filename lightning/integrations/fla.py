@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from ..ops import attn, attn_decode
+from ._slopes import derived_slope
 
 __all__ = ["chunk_lightning_attn", "chunk_simple_gla", "fused_recurrent_lightning_attn",
            "fused_recurrent_simple_gla"]
@@ -77,17 +78,12 @@ def _lightning_slopes(num_heads: int, layer_idx: int, num_layers: int, device: t
 
 
 def _slope_from_g_gamma(g_gamma: Tensor, fn: str) -> Tensor:
-    """slope = -g_gamma as fp32, remembered on the g_gamma tensor for its current version so a
-    g_gamma reused across calls (a buffer, a parameter) gives the same slope tensor."""
+    """slope = -g_gamma as fp32, kept on the g_gamma tensor so a g_gamma reused across calls (a
+    buffer, a parameter) gives the same slope tensor."""
     if not isinstance(g_gamma, Tensor) or g_gamma.dim() != 1:
         raise ValueError(f"{fn}: g_gamma must be a 1-D tensor (H,), got "
                          f"{tuple(g_gamma.shape) if isinstance(g_gamma, Tensor) else type(g_gamma)}")
-    cached = getattr(g_gamma, "_lightning_slope", None)
-    if cached is not None and cached[0] == g_gamma._version:
-        return cached[1]
-    slope = g_gamma.detach().neg().to(torch.float32).contiguous()
-    g_gamma._lightning_slope = (g_gamma._version, slope)
-    return slope
+    return derived_slope(g_gamma, torch.neg, g_gamma.__dict__)
 
 
 def _slope_of_gates(g: Optional[Tensor], g_gamma: Optional[Tensor], fn: str) -> Optional[Tensor]:

@@ -43,12 +43,12 @@ optional dependency, imported when patch_minimax or unpatch_minimax is called.
 """
 
 import types
-import weakref
 
 import torch
 from torch import Tensor, nn
 
 from ..ops import attn, attn_decode
+from ._slopes import CACHE_KEY, derived_slope
 
 __all__ = ["patch_minimax", "unpatch_minimax"]
 
@@ -66,16 +66,9 @@ def _attention_class():
 
 
 def _slope(layer: nn.Module) -> Tensor:
-    """The layer's slope_rate (H, 1, 1) as the (H,) fp32 tensor the op takes, one tensor per
-    version of the buffer: the op checks a slope's values once per tensor and version (a GPU
-    synchronisation), so later calls reuse the tensor."""
-    rate = layer.slope_rate
-    cached = layer.__dict__.get("_lightning_slope")
-    if cached is None or cached[0]() is not rate or cached[1] != rate._version:
-        slope = rate.detach().reshape(-1).to(torch.float32, copy=True)
-        cached = (weakref.ref(rate), rate._version, slope)
-        layer.__dict__["_lightning_slope"] = cached
-    return cached[2]
+    """The layer's slope_rate (H, 1, 1) as the (H,) fp32 tensor the op takes, kept on the layer
+    (not on its buffer, which stays untouched) until the buffer changes."""
+    return derived_slope(layer.slope_rate, lambda rate: rate.reshape(-1), layer.__dict__)
 
 
 def _lightning_forward(self, hidden_states: Tensor, position_embeddings=None,
@@ -152,5 +145,5 @@ def unpatch_minimax(model: nn.Module) -> nn.Module:
     for _, layer in _layers(model, "unpatch_minimax"):
         if _is_patched(layer):
             del layer.forward
-            layer.__dict__.pop("_lightning_slope", None)
+            layer.__dict__.pop(CACHE_KEY, None)
     return model
