@@ -22,9 +22,8 @@ bool conv2d_bwd_data_as_fwd(const Conv2dBwdParams& b, Conv2dParams& dgrad) {
   // weight'[c][k][fh][fw] = weight[k][c][FH - 1 - fh][FW - 1 - fw]: a view with the first two
   // strides swapped and the tap strides negated, from the last tap.
   const NCHWStrides& w = p.w_stride;
-  const size_t elem = p.dtype == DType::kFloat32 ? 4 : 2;
   t.weight = static_cast<const unsigned char*>(p.weight) +
-             ((p.kernel_h - 1) * w.h + (p.kernel_w - 1) * w.w) * elem;
+             ((p.kernel_h - 1) * w.h + (p.kernel_w - 1) * w.w) * element_bytes(p.dtype);
   t.w_stride = {w.c, w.n, -w.h, -w.w};
   t.bias = nullptr;
   t.output = b.grad_input, t.out_stride = b.grad_in_stride;

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "../conv2d_params.h"
@@ -83,6 +84,9 @@ cudaError_t dispatch_dtype(DType dtype, F&& f) {
     default: return cudaErrorInvalidValue;
   }
 }
+
+// Bytes of one element of the dtypes that reach CUDA (fp32, fp16, bf16).
+inline size_t element_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
 // The largest element offset inside one sample of an (N, C, H, W) tensor with these
 // strides: the kernels address within a sample in 32-bit ints and across samples in 64 bits.

@@ -236,7 +236,6 @@ size_t aligned_bytes(int64_t elems, size_t elem_bytes) {
   return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
 }
 
-size_t element_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 int chunk_elems(DType dtype) { return 16 / int(element_bytes(dtype)); }
 int slice_values(DType dtype) { return 128 / int(element_bytes(dtype)); }
 

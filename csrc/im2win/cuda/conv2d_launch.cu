@@ -8,8 +8,6 @@
 namespace im2win {
 namespace {
 
-size_t element_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
-
 cudaError_t run_fwd(const Conv2dParams& p, const FwdPlan& plan, void* workspace,
                     cudaStream_t stream) {
   switch (plan.kernel) {
@@ -40,7 +38,7 @@ cudaError_t run_bwd_weight(const Conv2dBwdParams& b, const BwdPlan& plan, void* 
     case BwdWeightKernel::kZero:
       return cudaMemsetAsync(b.grad_weight, 0,
                              size_t(p.out_channels) * (p.in_channels / p.groups) * p.kernel_h *
-                                 p.kernel_w * element_size(p.dtype),
+                                 p.kernel_w * element_bytes(p.dtype),
                              stream);
     case BwdWeightKernel::kImplicitGemm:
       return conv2d_bwd_weight_gemm(b, plan.weight_plan, workspace, stream);
@@ -52,7 +50,7 @@ cudaError_t run_bwd_bias(const Conv2dBwdParams& b, const BwdPlan& plan, cudaStre
   switch (plan.bias) {
     case BwdBiasKernel::kNone: return cudaSuccess;
     case BwdBiasKernel::kZero:
-      return cudaMemsetAsync(b.grad_bias, 0, size_t(b.fwd.out_channels) * element_size(b.fwd.dtype),
+      return cudaMemsetAsync(b.grad_bias, 0, size_t(b.fwd.out_channels) * element_bytes(b.fwd.dtype),
                              stream);
     case BwdBiasKernel::kReduce: return conv2d_bwd_bias(b, stream);
   }
